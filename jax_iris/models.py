@@ -1,0 +1,148 @@
+"""The blog's two networks as Flax modules, initialised the way PyTorch does.
+
+Parameter names mirror the blog's attribute names, so a torch ``state_dict``
+maps onto them mechanically (see ``torch_compat``):
+
+- ``AttentionNet``: ``layer_1/{k,q,v}``, ``layer_2/{k,q,v}``, ``linear``
+- ``LinearNet``: ``layer_1``, ``layer_2``, ``layer_3``
+
+Each dense layer holds ``kernel`` [in, out] (torch's ``weight`` transposed) and
+``bias`` [out].
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jax_iris.data import NUM_CLASSES, NUM_FEATURES
+
+ARCHS = ("atten", "linear")
+HEADS = ("sigmoid", "logits")
+
+Params = Any  # a nested dict of arrays: {"params": {"layer_1": {...}, ...}}
+
+
+def torch_linear_init(fan_in: int) -> Callable[..., jax.Array]:
+    """U(-1/sqrt(fan_in), 1/sqrt(fan_in)), torch ``nn.Linear``'s init for weight and bias.
+
+    torch draws the weight with kaiming_uniform(a=sqrt(5)), which works out to this
+    same bound, and the bias from it explicitly. Flax's ``Dense`` differs on both
+    counts (lecun-normal kernel, zero bias), hence this layer.
+    """
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+    return init
+
+
+class TorchDense(nn.Module):
+    """``y = x @ kernel + bias``, initialised like torch ``nn.Linear(in, features)``."""
+
+    features: int
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = x.shape[-1]
+        # A Flax initialiser is not told fan_in, so the bound is computed here,
+        # from the input, for the bias as well as the kernel.
+        init = torch_linear_init(fan_in)
+        kernel = self.param("kernel", init, (fan_in, self.features), self.param_dtype)
+        bias = self.param("bias", init, (self.features,), self.param_dtype)
+        return x @ kernel + bias
+
+
+class ElementwiseAttention(nn.Module):
+    """The blog's "attention": a learned gate on each feature, not dot-product attention.
+
+    ``relu(softmax(k * q / sqrt(features), axis=-1) * v)`` with ``k``, ``q``, ``v``
+    three dense projections of the input. The softmax runs over the feature axis.
+    """
+
+    features: int
+
+    def setup(self) -> None:
+        self.k = TorchDense(self.features)
+        self.q = TorchDense(self.features)
+        self.v = TorchDense(self.features)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k, q, v = self.k(x), self.q(x), self.v(x)
+        # The blog divides by torch.sqrt(torch.tensor(features)): a float32 scalar.
+        scale = jnp.sqrt(jnp.asarray(self.features, dtype=jnp.float32)).astype(k.dtype)
+        gate = jax.nn.softmax(k * q / scale, axis=-1)
+        return jax.nn.relu(gate * v)
+
+
+def _head(z: jax.Array, head: str) -> jax.Array:
+    """The blog squashes the last layer with a sigmoid before the cross-entropy."""
+    return jax.nn.sigmoid(z) if head == "sigmoid" else z
+
+
+class AttentionNet(nn.Module):
+    """Attention 4 -> 10, attention 10 -> 20, dense 20 -> 3, sigmoid."""
+
+    head: str = "sigmoid"
+
+    def setup(self) -> None:
+        self.layer_1 = ElementwiseAttention(10)
+        self.layer_2 = ElementwiseAttention(20)
+        self.linear = TorchDense(NUM_CLASSES)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return _head(self.linear(self.layer_2(self.layer_1(x))), self.head)
+
+
+class LinearNet(nn.Module):
+    """Dense 4 -> 10, ReLU, dense 10 -> 20, ReLU, dense 20 -> 3, sigmoid."""
+
+    head: str = "sigmoid"
+
+    def setup(self) -> None:
+        self.layer_1 = TorchDense(10)
+        self.layer_2 = TorchDense(20)
+        self.layer_3 = TorchDense(NUM_CLASSES)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        h = jax.nn.relu(self.layer_1(x))
+        h = jax.nn.relu(self.layer_2(h))
+        return _head(self.layer_3(h), self.head)
+
+
+_MODELS = {"atten": AttentionNet, "linear": LinearNet}
+
+
+def check_arch(arch: str) -> None:
+    if arch not in _MODELS:
+        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+
+
+def get_model(arch: str, head: str = "sigmoid") -> nn.Module:
+    """The Flax module for ``arch`` ("atten" or "linear")."""
+    check_arch(arch)
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
+    return _MODELS[arch](head=head)
+
+
+def init_params(arch: str, key: jax.Array) -> Params:
+    """Fresh torch-style initial parameters for ``arch`` (the head has no parameters)."""
+    dummy = jnp.zeros((1, NUM_FEATURES), jnp.float32)
+    return get_model(arch).init(key, dummy)
+
+
+@functools.cache
+def param_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """``{"layer_1/k/kernel": (4, 10), ...}``: every leaf's path and shape for ``arch``."""
+    shapes = jax.eval_shape(functools.partial(init_params, arch), jax.random.key(0))
+    flat = jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
+    return {"/".join(k.key for k in path): leaf.shape for path, leaf in flat}

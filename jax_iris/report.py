@@ -1,0 +1,66 @@
+"""What a run shows: progress lines, the blog's evaluation table, TensorBoard scalars."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from jax_iris.train import EpochMetrics
+
+SPLIT_LABELS = {"train": "Train_Data", "val": "Val_Data", "test": "Test_Data"}
+METRIC_LABELS = {"loss": "Loss", "accuracy": "Accuracy"}
+MODEL_LABELS = {"atten": "Atten_Model", "linear": "Linear_Model"}
+TAG_LOSS = "train/loss"
+TAG_ACCURACY = "train/accuracy"
+
+Table = Mapping[str, Mapping[str, float]]  # split -> metric -> value
+
+
+def progress_line(arch: str, epoch: int, epochs: int, loss: float, accuracy: float) -> str:
+    width = len(str(epochs))
+    return (
+        f"{arch:>6}  epoch {epoch:>{width}}/{epochs}"
+        f"  train_loss {loss:.4f}  train_acc {accuracy:.4f}"
+    )
+
+
+def format_table(tables: Mapping[str, Table]) -> str:
+    """The blog's final table: rows Loss and Accuracy x Train / Val / Test, a column per net.
+
+    ``tables`` maps a column name (an arch, or any label) to ``evaluate``'s result.
+    """
+    columns = [MODEL_LABELS.get(name, name) for name in tables]
+    widths = [max(len(c), 6) for c in columns]
+    header = f"{'metric':<9}{'split':<11}" + "".join(
+        f"{c:>{w + 2}}" for c, w in zip(columns, widths)
+    )
+    lines = [header, "-" * len(header)]
+    for metric, metric_label in METRIC_LABELS.items():
+        for i, (split, split_label) in enumerate(SPLIT_LABELS.items()):
+            first = metric_label if i == 0 else ""
+            cells = "".join(
+                f"{table[split][metric]:>{w + 2}.4f}" for table, w in zip(tables.values(), widths)
+            )
+            lines.append(f"{first:<9}{split_label:<11}{cells}")
+    return "\n".join(lines)
+
+
+def write_tensorboard(logdir: str | os.PathLike, history: EpochMetrics) -> str:
+    """Every epoch's train loss and accuracy as TensorBoard scalars (steps 0 .. epochs-1).
+
+    Returns the folder the event file went to.
+    """
+    from tensorboardX import SummaryWriter  # imported here: only runs that log need it
+
+    writer = SummaryWriter(logdir=str(logdir))
+    try:
+        for step, (loss, accuracy) in enumerate(
+            zip(np.asarray(history.loss), np.asarray(history.accuracy))
+        ):
+            writer.add_scalar(TAG_LOSS, float(loss), step)
+            writer.add_scalar(TAG_ACCURACY, float(accuracy), step)
+    finally:
+        writer.close()
+    return str(logdir)

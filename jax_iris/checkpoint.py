@@ -55,11 +55,15 @@ class Checkpoint(NamedTuple):
     history: dict[str, np.ndarray] | None
 
 
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _SafeUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(
+        raise _ForbiddenGlobal(
             f"it asks for {module}.{name}, which a jax_iris checkpoint never contains"
         )
 
@@ -138,13 +142,12 @@ def load(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path}: cannot read it ({err.strerror or err})") from None
     try:
         payload = _SafeUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as err:
+    except _ForbiddenGlobal as err:
         raise CheckpointError(f"{path}: refused, not a jax_iris checkpoint: {err}") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as err:
-        kind = "truncated or corrupt" if isinstance(err, EOFError) else "not a valid pickle"
-        raise CheckpointError(f"{path}: {kind} ({type(err).__name__}: {err})") from None
     except Exception as err:  # a malformed stream can raise almost anything; none of it is ours
-        raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: {err})") from None
+        raise CheckpointError(
+            f"{path}: truncated, corrupt or not a pickle ({type(err).__name__}: {_one_line(err)})"
+        ) from None
     return _validate(path, payload)
 
 
@@ -178,16 +181,27 @@ def _validate(path: Path, payload: Any) -> Checkpoint:
     history = payload.get("history")
     if history is not None and not (
         isinstance(history, dict)
-        and all(isinstance(v, np.ndarray) and v.ndim == 1 for v in history.values())
+        and all(
+            isinstance(v, np.ndarray) and v.ndim == 1 and v.dtype in _FLOAT_DTYPES
+            for v in history.values()
+        )
     ):
-        raise fail("the history is not a dict of 1-D arrays")
+        raise fail("the history is not a dict of 1-D float arrays")
     return Checkpoint(arch, unflatten_params(flat), config, metrics, history)
 
 
 def _check_params(path: Path, arch: str, flat: dict[str, Any]) -> None:
     expected = param_shapes(arch)
-    problems = [f"missing {name}" for name in expected if name not in flat]
-    problems += [f"unexpected {name}" for name in flat if name not in expected]
+    missing = [name for name in expected if name not in flat]
+    unexpected = [name for name in flat if name not in expected]
+    others = [other for other in ARCHS if other != arch and set(flat) == set(param_shapes(other))]
+    if others:
+        raise CheckpointError(f"{path}: the params are those of the {others[0]} net, not {arch}")
+    problems = []
+    if missing:
+        problems.append(f"missing {_some(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_some(unexpected)}")
     for name, shape in expected.items():
         value = flat.get(name)
         if value is None:
@@ -198,3 +212,13 @@ def _check_params(path: Path, arch: str, flat: dict[str, Any]) -> None:
             problems.append(f"{name} has shape {value.shape}, the {arch} net needs {shape}")
     if problems:
         raise CheckpointError(f"{path}: params do not fit the {arch} net: {'; '.join(problems)}")
+
+
+def _some(names: list[str], shown: int = 3) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(map(str, names[:shown])) + more
+
+
+def _one_line(err: Exception) -> str:
+    """Some pickle errors span lines; the user gets one."""
+    return " ".join(str(err).split())

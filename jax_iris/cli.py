@@ -44,7 +44,11 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) 
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(TrainConfig)
+        if hasattr(args, f.name)
+    }
     values.update(overrides)
     try:
         return TrainConfig(**values)

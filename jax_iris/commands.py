@@ -59,6 +59,9 @@ def train_command(argv: Sequence[str] | None = None) -> int:
         configs = [config_from_args(args, arch=arch) for arch in archs]
         checkpoint_dir = check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
         logdir = None if args.no_tensorboard else check_writable_dir(args.logdir, "--logdir")
+        if logdir is not None:
+            for arch in archs:  # events go to <logdir>/<arch>: a file there must fail now
+                check_writable_dir(logdir / arch, "--logdir")
         enable_compilation_cache()
         return _train_all(configs, checkpoint_dir, logdir)
 

@@ -529,3 +529,111 @@ def test_ctrl_c_during_training_exits_130_and_writes_nothing(tmp_path, good):
     assert_one_line_error(err, "train.py: interrupted")
     assert snapshot(ckpt_dir) == before
     assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------- sweep.py
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--seeds", "0"], ["--seeds must be a positive integer"]),
+        (["--chunk-size", "0"], ["--chunk-size must be a positive integer"]),
+        (["--epochs", "0"], ["epochs must be a positive integer"]),
+        (["--lr", "nan"], ["lr must be a finite number > 0"]),
+        (["--arch", "resnet"], ["--arch", "invalid choice", "resnet"]),
+    ],
+)
+def test_sweep_rejects_bad_options_in_one_line(workdir, capsys, argv, needles):
+    sweep_command = pytest.importorskip("jax_iris.sweep_command").sweep_command
+    code, out, err = call(sweep_command, [*argv, "--out", workdir / "res"], capsys)
+    assert code == EXIT_USAGE
+    assert_one_line_error(err, "sweep.py: error:", *needles)
+    assert out == "" and list(workdir.iterdir()) == []
+
+
+def test_sweep_unwritable_out_is_reported_before_training(workdir, capsys):
+    sweep_command = pytest.importorskip("jax_iris.sweep_command").sweep_command
+    target = _under_regular_file(workdir)
+    code, out, err = call(sweep_command, ["--seeds", "2", "--out", target], capsys)
+    assert code == EXIT_USAGE
+    assert_one_line_error(err, "not a folder", "--out")
+    assert "devices" not in out and "nets" not in out
+
+
+# ---------------------------------------------------------------- convert.py
+
+
+@pytest.fixture(scope="module")
+def atten_pth(tmp_path_factory) -> Path:
+    """A genuine torch state_dict file of the attention net."""
+    torch_reference = pytest.importorskip("jax_iris.torch_reference")
+    net = torch_reference.build("atten")
+    path = tmp_path_factory.mktemp("pth") / "atten.pth"
+    torch_reference.save_state_dict_file(path, torch_reference.numpy_state_dict(net))
+    return path
+
+
+def _convert(argv, capsys):
+    convert_command = pytest.importorskip("jax_iris.convert").convert_command
+    return call(convert_command, argv, capsys)
+
+
+def test_convert_refuses_unknown_suffixes_and_missing_input(tmp_path, capsys):
+    code, _, err = _convert([tmp_path / "a.txt", tmp_path / "b.pkl"], capsys)
+    assert code == EXIT_USAGE
+    assert_one_line_error(err, "convert.py: error:", "a.txt", ".pth")
+    code, _, err = _convert([tmp_path / "missing.pth", tmp_path / "b.pkl"], capsys)
+    assert code == EXIT_USAGE
+    assert_one_line_error(err, "missing.pth", "does not exist")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_convert_never_overwrites_without_force(tmp_path, capsys, good, atten_pth):
+    target = tmp_path / "atten.pkl"
+    target.write_bytes(b"precious")
+    code, _, err = _convert([atten_pth, target], capsys)
+    assert code == EXIT_USAGE
+    assert_one_line_error(err, str(target), "--force")
+    assert target.read_bytes() == b"precious"
+
+
+def test_convert_names_the_mismatch_of_a_forced_arch(tmp_path, capsys, atten_pth):
+    target = tmp_path / "out.pkl"
+    code, _, err = _convert([atten_pth, target, "--arch", "linear"], capsys)
+    assert code == EXIT_USAGE
+    assert_one_line_error(err, "linear", "layer_1.k.weight")
+    assert not target.exists()
+
+
+def test_convert_refuses_a_truncated_pth(tmp_path, capsys, atten_pth):
+    data = atten_pth.read_bytes()
+    source = tmp_path / "cut.pth"
+    source.write_bytes(data[: len(data) // 2])
+    code, _, err = _convert([source, tmp_path / "out.pkl"], capsys)
+    assert code == EXIT_USAGE
+    assert_one_line_error(err, "cut.pth", "not a readable PyTorch file")
+    assert not (tmp_path / "out.pkl").exists()
+
+
+def test_convert_refuses_a_malicious_pkl(tmp_path, capsys, good):
+    marker = tmp_path / "pwned"
+    source = tmp_path / "evil.pkl"
+    source.write_bytes(_os_system(good, marker, tmp_path)[0])
+    code, _, err = _convert([source, tmp_path / "out.pth"], capsys)
+    assert code == EXIT_USAGE
+    assert_one_line_error(err, "refused", "system")
+    assert not marker.exists() and not (tmp_path / "out.pth").exists()
+
+
+def test_convert_refuses_a_malicious_pth(tmp_path, capsys):
+    torch = pytest.importorskip("torch")
+    marker = tmp_path / "pwned"
+    source = tmp_path / "evil.pth"
+    torch.save({"layer_1.weight": _Call(os.system, f"touch {marker}")}, source)
+    code, _, err = _convert([source, tmp_path / "out.pkl"], capsys)
+    assert code == EXIT_USAGE
+    assert_one_line_error(err, "evil.pth", "refused")
+    assert not marker.exists() and not (tmp_path / "out.pkl").exists()
+    torch.load(source, weights_only=False)  # control: an unrestricted load runs it
+    assert marker.exists()

@@ -17,13 +17,13 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
+from jax_iris.fileio import atomic_write_bytes
 from jax_iris.models import ARCHS, Params, param_shapes
 from jax_iris.train import TrainConfig
 
@@ -112,21 +112,9 @@ def save(
     }
     data = pickle.dumps(payload, protocol=_PICKLE_PROTOCOL)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        return atomic_write_bytes(path, data)
     except OSError as err:
         raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise CheckpointError(f"cannot write {path}: {err.strerror or err}") from None
-        raise
-    return path
 
 
 def load(path: str | os.PathLike) -> Checkpoint:

@@ -110,5 +110,5 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; no checkpoint or log was written", file=sys.stderr)
+        print(f"{prog}: interrupted; nothing half-written was left behind", file=sys.stderr)
         return EXIT_INTERRUPTED

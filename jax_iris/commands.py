@@ -59,6 +59,12 @@ def train_command(argv: Sequence[str] | None = None) -> int:
         configs = [config_from_args(args, arch=arch) for arch in archs]
         checkpoint_dir = check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
         logdir = None if args.no_tensorboard else check_writable_dir(args.logdir, "--logdir")
+        for arch in archs:
+            target = checkpoint_dir / f"{arch}.pkl"
+            if target.is_dir():
+                raise UsageError(
+                    f"cannot write {target}: it is a folder; choose another --checkpoint-dir"
+                )
         if logdir is not None:
             for arch in archs:  # events go to <logdir>/<arch>: a file there must fail now
                 check_writable_dir(logdir / arch, "--logdir")

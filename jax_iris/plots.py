@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from jax_iris.fileio import atomic_write
+
 if TYPE_CHECKING:
     from jax_iris.cli import Parser
 
@@ -135,15 +137,7 @@ def draw(figure: FigureSpec, runs: Sequence[Run]) -> Any:
 
 def save_png(fig: Any, path: Path) -> Path:
     """Write the figure atomically: a failed write leaves an older ``path`` as it was."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # created with the user's umask
-    try:
-        with open(tmp, "wb") as f:
-            fig.savefig(f, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def plot_runs(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]:

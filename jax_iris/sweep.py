@@ -8,7 +8,6 @@ device, and sweeps larger than ``chunk_size`` run chunk by chunk so memory stays
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -151,9 +150,7 @@ def train_seeds(
 
 
 def progress_bar(done: int, total: int, width: int = 30) -> None:
-    """A one-line text progress bar on stderr."""
+    """A one-line text progress bar on stdout (stderr is kept for errors)."""
     filled = width * done // total
     end = "\n" if done == total else ""
-    print(
-        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} nets", end=end, file=sys.stderr
-    )
+    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} nets", end=end, flush=True)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from jax_iris.cli import (
     enable_compilation_cache,
     run_main,
 )
+from jax_iris.fileio import atomic_write, atomic_write_text
 from jax_iris.models import ARCHS
 from jax_iris.stats import (
     SUCCESS_ACCURACY,
@@ -94,13 +93,21 @@ def _run(configs: dict, args, out: Path) -> int:
         )
         seconds = time.perf_counter() - start
         print(f"{arch}: {len(seeds)} nets x {config.epochs} epochs in {seconds:.1f} s")
+        diverged = int(np.sum(~np.isfinite(results[arch].final["train"]["loss"])))
+        if diverged == len(seeds):
+            raise UsageError(
+                f"{arch}: every net diverged (non-finite loss); try a smaller --lr"
+                f" (was {config.lr:g}). Nothing was written"
+            )
+        if diverged:
+            print(f"{arch}: {diverged} of {len(seeds)} nets diverged (non-finite loss)")
     summary = summarize_sweep(results, configs)
     print()
     print(format_summary(summary))
     out.mkdir(parents=True, exist_ok=True)
     written = [
-        _atomic_write(out / CSV_NAME, _csv_text(results, configs)),
-        _atomic_write(out / JSON_NAME, json.dumps(summary, indent=2) + "\n"),
+        atomic_write_text(out / CSV_NAME, _csv_text(results, configs)),
+        atomic_write_text(out / JSON_NAME, json.dumps(summary, indent=2) + "\n"),
     ]
     png = plot_sweep(results, out / PNG_NAME)
     if png is not None:
@@ -123,6 +130,7 @@ def summarize_sweep(results: dict[str, SweepResult], configs: dict) -> dict:
             "vary_split": bool(np.any(result.split_seeds != config.split_seed)),
             "accuracy": per_split,
             "success": success_rate(result.final["train"]["accuracy"])._asdict(),
+            "diverged": int(np.sum(~np.isfinite(result.final["train"]["loss"]))),
         }
     if "atten" in results and "linear" in results:
         comparison = paired_comparison(
@@ -181,18 +189,6 @@ def _csv_text(results: dict[str, SweepResult], configs: dict) -> str:
     return buffer.getvalue()
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def plot_sweep(results: dict[str, SweepResult], path: Path) -> Path | None:
     """Histograms of final accuracy per split, one colour per arch. None without matplotlib."""
     try:
@@ -219,11 +215,7 @@ def plot_sweep(results: dict[str, SweepResult], path: Path) -> Path | None:
         ax.legend()
     fig.suptitle("Final accuracy over initial-weight seeds")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path

@@ -1,0 +1,186 @@
+"""The convert command: a torch ``.pth`` state_dict to a jax_iris ``.pkl`` checkpoint, or back.
+
+``scripts/convert.py`` only calls ``convert_command``. torch is needed for the
+``.pth`` side and is reached only through ``jax_iris.torch_reference``.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from jax_iris.cli import Parser, UsageError, run_main
+from jax_iris.models import ARCHS
+
+PROG = "convert.py"
+TORCH_SUFFIXES = (".pth", ".pt")
+JAX_SUFFIX = ".pkl"
+WHOLE_MODULE_HINT = (
+    "if it is a whole module saved with torch.save(model), extract its state_dict first "
+    "(see docs/parity.md)"
+)
+
+
+def convert_parser() -> Parser:
+    parser = Parser(
+        prog=PROG,
+        description=(
+            "Convert a PyTorch state_dict (.pth/.pt) of the blog's nets to a jax_iris "
+            "checkpoint (.pkl), or a jax_iris checkpoint to a .pth that loads into the "
+            "PyTorch nets with load_state_dict(strict=True). The direction follows the "
+            "file suffixes."
+        ),
+    )
+    parser.add_argument("input", metavar="IN", help="a .pth/.pt state_dict or a .pkl checkpoint")
+    parser.add_argument("output", metavar="OUT", help="the .pkl or .pth/.pt to write")
+    parser.add_argument(
+        "--arch",
+        choices=ARCHS,
+        help="net of a .pth state_dict (default: inferred from its keys)",
+    )
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    return parser
+
+
+def convert_command(argv: Sequence[str] | None = None) -> int:
+    args = convert_parser().parse_args(argv)
+
+    def body() -> int:
+        source, target = Path(args.input), Path(args.output)
+        to_jax = source.suffix in TORCH_SUFFIXES and target.suffix == JAX_SUFFIX
+        to_torch = source.suffix == JAX_SUFFIX and target.suffix in TORCH_SUFFIXES
+        if not (to_jax or to_torch):
+            raise UsageError(
+                f"cannot convert {source} to {target}: give a .pth/.pt and a .pkl, "
+                "in either order (the suffixes set the direction)"
+            )
+        if to_torch and args.arch is not None:
+            raise UsageError("--arch applies to a .pth input; a .pkl checkpoint names its arch")
+        if not source.is_file():
+            what = "is not a file" if source.exists() else "does not exist"
+            raise UsageError(f"{source} {what}")
+        _check_output(target, args.force)
+        if to_jax:
+            return _torch_to_jax(source, target, args.arch)
+        return _jax_to_torch(source, target)
+
+    return run_main(PROG, body)
+
+
+def _check_output(target: Path, force: bool) -> None:
+    if target.is_dir():
+        raise UsageError(f"{target} is a folder; give a file name for OUT")
+    if target.exists() and not force:
+        raise UsageError(f"{target} exists; pass --force to replace it")
+    if not target.parent.is_dir():
+        raise UsageError(f"cannot write {target}: {target.parent} is not an existing folder")
+
+
+def _torch_reference() -> ModuleType:
+    try:
+        from jax_iris import torch_reference
+    except ImportError as err:
+        raise UsageError(
+            f"reading or writing .pth files needs PyTorch ({err}); install torch"
+        ) from None
+    return torch_reference
+
+
+def _read_state_dict(source: Path) -> Mapping[str, Any]:
+    torch_reference = _torch_reference()
+    try:
+        loaded = torch_reference.load_state_dict_file(source)
+    except pickle.UnpicklingError as err:
+        # torch.load(weights_only=True) names a pickled class or function it will not run.
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found is None:
+            raise UsageError(f"{source}: not a readable PyTorch file (torch.load failed)") from None
+        raise UsageError(
+            f"{source}: refused, it pickles {found.group(1)}, not only tensors; {WHOLE_MODULE_HINT}"
+        ) from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, ... for a non-torch file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UsageError(
+            f"{source}: not a readable PyTorch file ({type(err).__name__}: {first})"
+        ) from None
+    if not isinstance(loaded, Mapping) or not all(hasattr(v, "detach") for v in loaded.values()):
+        raise UsageError(
+            f"{source}: holds a {type(loaded).__name__}, not a state_dict of tensors; "
+            f"{WHOLE_MODULE_HINT}"
+        )
+    return loaded
+
+
+def _closest_arch(source: Path, state_dict: Mapping[str, Any]) -> str:
+    """The arch whose keys the state_dict has exactly, else the one sharing most keys."""
+    from jax_iris.torch_compat import infer_arch, torch_shapes
+
+    arch = infer_arch(state_dict)
+    if arch is not None:
+        return arch
+    shared = {a: len(set(state_dict) & set(torch_shapes(a))) for a in ARCHS}
+    closest = max(ARCHS, key=shared.__getitem__)
+    if shared[closest] == 0:
+        keys = ", ".join(list(state_dict)[:3]) or "none"
+        raise UsageError(
+            f"{source}: none of its keys ({keys}{', ...' if len(state_dict) > 3 else ''}) "
+            f"belong to the blog's nets, which start with layer_1.k.weight (atten) "
+            f"or layer_1.weight (linear)"
+        )
+    return closest
+
+
+def _torch_to_jax(source: Path, target: Path, arch: str | None) -> int:
+    from jax_iris import checkpoint
+    from jax_iris.data import load_split
+    from jax_iris.report import format_table
+    from jax_iris.torch_compat import params_from_state_dict
+    from jax_iris.train import TrainConfig, evaluate
+
+    state_dict = _read_state_dict(source)
+    if arch is None:
+        arch = _closest_arch(source, state_dict)
+    try:
+        params = params_from_state_dict(arch, state_dict)
+    except ValueError as err:
+        raise UsageError(f"{source}: {err}") from None
+
+    # A .pth carries only weights: the config records the arch and the blog's defaults.
+    config = TrainConfig(arch=arch)
+    table = evaluate(arch, params, load_split(config.split_seed), config.head)
+    try:
+        checkpoint.save(target, params, config=config, metrics=table)
+    except checkpoint.CheckpointError as err:
+        raise UsageError(str(err)) from None
+    print(format_table({arch: table}))
+    print(f"wrote {target} ({arch} net, from {source})")
+    return 0
+
+
+def _jax_to_torch(source: Path, target: Path) -> int:
+    from jax_iris import checkpoint
+    from jax_iris.torch_compat import state_dict_from_params
+
+    try:
+        ckpt = checkpoint.load(source)
+    except checkpoint.CheckpointError as err:
+        raise UsageError(str(err)) from None
+    state_dict = state_dict_from_params(ckpt.arch, ckpt.params)
+    torch_reference = _torch_reference()
+    # Prove the file will load before writing it.
+    torch_reference.build(ckpt.arch, state_dict=state_dict)
+    try:
+        torch_reference.save_state_dict_file(target, state_dict)
+    except OSError as err:
+        raise UsageError(f"cannot write {target}: {err.strerror or err}") from None
+    print(f"wrote {target} ({ckpt.arch} net state_dict, from {source})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(convert_command())

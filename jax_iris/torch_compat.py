@@ -1,0 +1,114 @@
+"""A torch ``state_dict`` to jax_iris params and back, without importing torch.
+
+The names map mechanically because the Flax modules mirror the blog's attributes::
+
+    torch  layer_1.k.weight  [out, in]   <->   Flax  layer_1/k/kernel  [in, out]
+    torch  layer_1.k.bias    [out]       <->   Flax  layer_1/k/bias    [out]
+
+torch ``nn.Linear`` computes ``x @ weight.T + bias``; the Flax layer computes
+``x @ kernel + bias``, so the kernel is the weight transposed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from jax_iris.checkpoint import flatten_params, unflatten_params
+from jax_iris.models import ARCHS, Params, check_arch, param_shapes
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_TORCH_LEAF = {"kernel": "weight", "bias": "bias"}
+
+
+def _torch_name(flax_name: str) -> str:
+    *module, leaf = flax_name.split("/")
+    return ".".join([*module, _TORCH_LEAF[leaf]])
+
+
+def torch_shapes(arch: str) -> dict[str, tuple[int, ...]]:
+    """``{"layer_1.k.weight": (10, 4), ...}`` in torch's order (each module's weight, then bias)."""
+    check_arch(arch)
+    shapes = param_shapes(arch)
+    modules = dict.fromkeys(name.rsplit("/", 1)[0] for name in shapes)
+    ordered = {}
+    for module in modules:
+        in_dim, out_dim = shapes[f"{module}/kernel"]
+        ordered[_torch_name(f"{module}/kernel")] = (out_dim, in_dim)
+        ordered[_torch_name(f"{module}/bias")] = (out_dim,)
+    return ordered
+
+
+def infer_arch(keys: Any) -> str | None:
+    """The arch whose ``state_dict`` has exactly these keys, or None."""
+    keys = set(keys)
+    matches = [arch for arch in ARCHS if set(torch_shapes(arch)) == keys]
+    return matches[0] if matches else None
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, recognised without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def params_from_state_dict(arch: str, state_dict: Mapping[str, Any]) -> Params:
+    """A torch ``state_dict`` (tensors or numpy arrays) as ``{"params": {...}}`` numpy arrays.
+
+    Strict, like ``load_state_dict(strict=True)``: float32/float64 values only, and
+    the dtype is kept.
+
+    Raises:
+        ValueError: naming every missing key, unexpected key, wrong shape or dtype.
+    """
+    expected = torch_shapes(arch)
+    arrays = {name: _to_numpy(value) for name, value in state_dict.items()}
+    problems = [f"missing {name}" for name in expected if name not in arrays]
+    problems += [f"unexpected {name}" for name in arrays if name not in expected]
+    for name, shape in expected.items():
+        value = arrays.get(name)
+        if value is None:
+            continue
+        if value.shape != shape:
+            problems.append(f"{name} has shape {tuple(value.shape)}, expected {shape}")
+        elif value.dtype not in _FLOAT_DTYPES:
+            problems.append(f"{name} has dtype {value.dtype}, expected float32 or float64")
+    if problems:
+        raise ValueError(f"state_dict does not fit the {arch} net: {'; '.join(problems)}")
+
+    flat = {}
+    for flax_name in param_shapes(arch):
+        value = arrays[_torch_name(flax_name)]
+        flat[flax_name] = np.ascontiguousarray(value.T if flax_name.endswith("/kernel") else value)
+    return unflatten_params(flat)
+
+
+def state_dict_from_params(arch: str, params: Params) -> dict[str, np.ndarray]:
+    """jax_iris params as a torch-style ``state_dict`` of numpy arrays, in torch's key order.
+
+    Load it with ``{k: torch.from_numpy(v) ...}`` and ``load_state_dict(strict=True)``.
+
+    Raises:
+        ValueError: naming every missing or unexpected leaf and wrong shape.
+    """
+    expected = param_shapes(arch)
+    flat = flatten_params(params)
+    problems = [f"missing {name}" for name in expected if name not in flat]
+    problems += [f"unexpected {name}" for name in flat if name not in expected]
+    problems += [
+        f"{name} has shape {flat[name].shape}, expected {shape}"
+        for name, shape in expected.items()
+        if name in flat and flat[name].shape != shape
+    ]
+    if problems:
+        raise ValueError(f"params do not fit the {arch} net: {'; '.join(problems)}")
+
+    state_dict = {}
+    for torch_name in torch_shapes(arch):
+        module, leaf = torch_name.rsplit(".", 1)
+        flax_leaf = "kernel" if leaf == "weight" else "bias"
+        value = flat[f"{module.replace('.', '/')}/{flax_leaf}"]
+        state_dict[torch_name] = np.ascontiguousarray(value.T if leaf == "weight" else value)
+    return state_dict

@@ -102,6 +102,22 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
+HOST_DEVICES_FLAG = "xla_force_host_platform_device_count"
+
+
+def use_host_devices(count: int) -> None:
+    """Expose the CPU as ``count`` XLA devices, so a sweep's seed axis is sharded over cores.
+
+    XLA:CPU runs these small programs on one core; as several host devices the
+    shards run in parallel. It must run before JAX starts its backends, and it
+    leaves an ``XLA_FLAGS`` that already sets the count alone. Accelerators
+    (GPU, TPU) are unaffected: they are the default devices when present.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if count > 1 and HOST_DEVICES_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --{HOST_DEVICES_FLAG}={count}".strip()
+
+
 def run_main(prog: str, body: Callable[[], int]) -> int:
     """Run a script's body; user mistakes become one line on stderr, Ctrl-C exits 130."""
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from jax_iris.cli import (
     config_from_args,
     enable_compilation_cache,
     run_main,
+    use_host_devices,
 )
 from jax_iris.fileio import atomic_write, atomic_write_text
 from jax_iris.models import ARCHS
@@ -55,6 +57,12 @@ def sweep_parser() -> Parser:
         "--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="nets per compiled call"
     )
     parser.add_argument("--out", default="results", help="folder for CSV, JSON and PNG")
+    parser.add_argument(
+        "--host-devices",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="on CPU, run the sweep as this many XLA devices (default: %(default)s, one a core)",
+    )
     return parser
 
 
@@ -66,9 +74,12 @@ def sweep_command(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"--seeds must be a positive integer, got {args.seeds}")
         if args.chunk_size < 1:
             raise UsageError(f"--chunk-size must be a positive integer, got {args.chunk_size}")
+        if args.host_devices < 1:
+            raise UsageError(f"--host-devices must be a positive integer, got {args.host_devices}")
         archs = list(dict.fromkeys(args.arch))
         configs = {arch: config_from_args(args, arch=arch, seed=0, log_every=1) for arch in archs}
         out = check_writable_dir(args.out, "--out")
+        use_host_devices(args.host_devices)
         enable_compilation_cache()
         return _run(configs, args, out)
 

@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m jax_iris.torch_reference",
         description="Train the blog's two nets in PyTorch and print its tables.",
     )
+    parser.add_argument("--arch", choices=(*ARCHS, "both"), default="both")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     for arch in ARCHS:
         parser.add_argument(
@@ -254,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.float64 if args.double else torch.float32
     split = load_torch_split(dtype)
 
+    archs = ARCHS if args.arch == "both" else (args.arch,)
     tables = {}
-    for arch in ARCHS:
+    for arch in archs:
         net = build(arch, seed=getattr(args, f"{arch}_seed"), dtype=dtype)
         history = train(net, split.train, args.epochs)
         for epoch in range(LOG_EVERY, args.epochs + 1, LOG_EVERY):
@@ -267,11 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         tables[arch] = evaluate(net, split)
 
     print()
-    print(f"{'metric':<9}{'split':<8}{'Atten_Model':>13}{'Linear_Model':>14}")
+    labels = {"atten": "Atten_Model", "linear": "Linear_Model"}
+    print(f"{'metric':<9}{'split':<8}" + "".join(f"{labels[a]:>14}" for a in archs))
     for metric in ("loss", "accuracy"):
         for split_name in TorchSplit._fields:
-            cells = [_format(tables[arch][split_name][metric]) for arch in ARCHS]
-            print(f"{metric:<9}{split_name:<8}{cells[0]:>13}{cells[1]:>14}")
+            cells = "".join(f"{_format(tables[a][split_name][metric]):>14}" for a in archs)
+            print(f"{metric:<9}{split_name:<8}{cells}")
     return 0
 
 

@@ -1,0 +1,270 @@
+"""``benchmark.py``: JAX against the PyTorch reference, measured in one run on one machine.
+
+(a) one net, 1000 epochs: the compiled JAX scan against the blog's PyTorch loop;
+(b) N nets x 1000 epochs: the JAX sweep against a PyTorch ensemble (the N nets
+    stacked and trained together with batched matmuls) and against the serial
+    PyTorch loop (a few seeds timed, scaled per seed); seeds*epochs per second and
+    GFLOP/s against a big-matmul peak measured here;
+(c) ``scripts/train.py --arch atten`` as a whole process against the PyTorch
+    reference run as a script, with a warm and a cold compilation cache.
+
+Every figure is the median of ``--repeats`` runs; execution times exclude compiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jax_iris.cli import use_host_devices
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_MATMUL_SIZE = 2048
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(repeats: int) -> float:
+    """float32 GFLOP/s of one big XLA matmul: the machine's compute roof."""
+    import jax
+    import jax.numpy as jnp
+
+    n = PEAK_MATMUL_SIZE
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(matmul(a))
+    seconds = median_seconds(lambda: jax.block_until_ready(matmul(a)), repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+def step_flops(arch: str) -> float:
+    """FLOPs of one training step of one net (forward, backward, Adam), from XLA's cost model."""
+    import functools
+
+    import jax
+
+    from jax_iris.data import load_split
+    from jax_iris.models import get_model, init_params
+    from jax_iris.train import TrainState, as_batch, make_optimizer, train_step
+
+    optimizer = make_optimizer(0.005, 1e-3)
+    params = init_params(arch, jax.random.key(0))
+    state = TrainState(params, optimizer.init(params))
+    step = jax.jit(functools.partial(train_step, model=get_model(arch), optimizer=optimizer))
+    cost = step.lower(state, as_batch(load_split().train)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
+def jax_single_seconds(arch: str, epochs: int, repeats: int) -> float:
+    """One net, ``epochs`` epochs in one compiled scan, per-epoch metrics kept."""
+    import jax
+
+    from jax_iris.data import load_split
+    from jax_iris.train import TrainConfig, as_batch, make_train
+
+    train = jax.jit(make_train(TrainConfig(arch=arch, epochs=epochs)))
+    key, batch = jax.random.key(0), as_batch(load_split().train)
+    jax.block_until_ready(train(key, batch))
+    return median_seconds(lambda: jax.block_until_ready(train(key, batch)), repeats)
+
+
+def torch_single_seconds(arch: str, epochs: int, repeats: int, seeds: int = 1) -> float:
+    """The blog's loop in PyTorch (loss and accuracy read back every epoch), ``seeds`` nets."""
+    import torch
+
+    from jax_iris import torch_reference as tr
+
+    torch.set_num_threads(1)  # fastest for 120 x 20 tensors (see torch_reference.main)
+    split = tr.load_torch_split()
+
+    def run() -> None:
+        for seed in range(seeds):
+            tr.train(tr.build(arch, seed=seed), split.train, epochs)
+
+    return median_seconds(run, repeats)
+
+
+def jax_sweep_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> float:
+    """``seeds`` nets in one compiled program (per-epoch histories kept), sharded over devices."""
+    import jax
+
+    from jax_iris.data import load_split
+    from jax_iris.sweep import _compiled, _split_batches
+    from jax_iris.train import TrainConfig
+
+    devices = jax.device_count()
+    n = -(-seeds // devices) * devices
+    run = _compiled(TrainConfig(arch=arch, epochs=epochs), False, True, False, devices)
+    keys = jax.vmap(jax.random.key)(np.arange(n, dtype=np.uint32))
+    batches = _split_batches(load_split())
+    jax.block_until_ready(run(keys, batches))
+    return median_seconds(lambda: jax.block_until_ready(run(keys, batches)), repeats)
+
+
+def torch_ensemble_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> float:
+    """PyTorch's strongest form of the sweep: the nets' weights stacked [seeds, in, out],
+    trained together with ``baddbmm``, one Adam over the stacks (Adam is elementwise, so
+    this is the same maths as separate optimisers), all cores, per-epoch metrics kept."""
+    import torch
+
+    from jax_iris import torch_reference as tr
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    x, y = tr.load_torch_split().train
+    xs, ys = x.expand(seeds, *x.shape), y.repeat(seeds)
+    sizes = [(4, 10), (10, 20)]  # both nets: 4 -> 10 -> 20, then a 20 -> 3 head
+    per_layer = 3 if arch == "atten" else 1
+
+    def dense(fan_in: int, fan_out: int) -> list[torch.Tensor]:
+        bound = fan_in**-0.5
+        w = torch.empty(seeds, fan_in, fan_out).uniform_(-bound, bound).requires_grad_()
+        b = torch.empty(seeds, 1, fan_out).uniform_(-bound, bound).requires_grad_()
+        return [w, b]
+
+    def run() -> None:
+        torch.manual_seed(0)
+        layers = [[dense(i, o) for _ in range(per_layer)] for i, o in sizes]
+        head = dense(20, 3)
+        params = [t for layer in layers for wb in layer for t in wb] + head
+        opt = torch.optim.Adam(params, lr=0.005, weight_decay=1e-3)
+        losses = torch.empty(epochs, seeds)
+        for epoch in range(epochs):
+            h = xs
+            for layer in layers:
+                if arch == "atten":
+                    k, q, v = (torch.baddbmm(b, h, w) for w, b in layer)
+                    gate = torch.softmax(k * q / torch.sqrt(torch.tensor(k.shape[-1])), dim=-1)
+                    h = torch.relu(gate * v)
+                else:
+                    ((w, b),) = layer
+                    h = torch.relu(torch.baddbmm(b, h, w))
+            out = torch.sigmoid(torch.baddbmm(head[1], h, head[0]))
+            per_net = (
+                torch.nn.functional.cross_entropy(out.reshape(-1, 3), ys, reduction="none")
+                .view(seeds, -1)
+                .mean(1)
+            )
+            opt.zero_grad()
+            per_net.sum().backward()  # each net's gradient is that of its own mean loss
+            opt.step()
+            losses[epoch] = per_net.detach()
+
+    return median_seconds(run, repeats)
+
+
+def process_seconds(command: Sequence[str], repeats: int, env: dict[str, str]) -> float:
+    def run() -> None:
+        subprocess.run(command, cwd=env["BENCH_CWD"], env=env, check=True, capture_output=True)
+
+    return median_seconds(run, repeats)
+
+
+def _line(label: str, seconds: float, extra: str = "") -> None:
+    print(f"  {label:<46} {seconds:9.3f} s{extra}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=("atten", "linear"), default="atten")
+    parser.add_argument("--seeds", type=int, default=200, help="nets in part (b)")
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--serial-seeds", type=int, default=3, help="seeds timed serially in (b)")
+    parser.add_argument("--host-devices", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--skip", nargs="*", default=[], choices=("a", "b", "c"))
+    args = parser.parse_args(argv)
+    use_host_devices(args.host_devices)
+
+    # PyTorch first, before XLA starts its thread pools, so neither side slows the other.
+    arch, epochs, r, n, k = args.arch, args.epochs, args.repeats, args.seeds, args.serial_seeds
+    torch_single = torch_single_seconds(arch, epochs, r) if "a" not in args.skip else None
+    if "b" not in args.skip:
+        ensemble = torch_ensemble_seconds(arch, n, epochs, max(1, r - 1))
+        serial = torch_single_seconds(arch, epochs, 1, seeds=k) * n / k
+
+    import jax
+
+    print(
+        f"jax {jax.__version__} on {jax.device_count()} x {jax.devices()[0].platform}; "
+        f"{os.cpu_count()} cores; medians of {r} runs; arch {arch}, {epochs} epochs"
+    )
+    peak = matmul_peak_gflops(r)
+    flops = step_flops(arch)
+    print(
+        f"  big-matmul peak ({PEAK_MATMUL_SIZE}^2 float32): {peak:.0f} GFLOP/s; "
+        f"one training step of one net: {flops / 1e6:.3f} MFLOP (XLA cost model)"
+    )
+
+    if "a" not in args.skip:
+        print("(a) one net")
+        jax_s = jax_single_seconds(arch, epochs, r)
+        _line(
+            "JAX, compiled scan (execution only)", jax_s, f"  {jax_s / epochs * 1e6:.0f} us/epoch"
+        )
+        _line(
+            "PyTorch reference loop", torch_single, f"  {torch_single / epochs * 1e6:.0f} us/epoch"
+        )
+        print(f"  speed-up JAX vs PyTorch: {torch_single / jax_s:.1f}x")
+
+    if "b" not in args.skip:
+        print(f"(b) {n} nets x {epochs} epochs")
+        jax_s = jax_sweep_seconds(arch, n, epochs, r)
+        work = n * epochs
+        gflops = flops * work / jax_s / 1e9
+        _line(
+            f"JAX sweep ({jax.device_count()} devices)",
+            jax_s,
+            f"  {work / jax_s:,.0f} seed-epochs/s, {gflops:.1f} GFLOP/s"
+            f" ({gflops / peak:.1%} of peak)",
+        )
+        _line(
+            "PyTorch ensemble (baddbmm, all cores)",
+            ensemble,
+            f"  {work / ensemble:,.0f} seed-epochs/s",
+        )
+        _line(
+            f"PyTorch serial loop ({k} seeds timed, x{n / k:g})",
+            serial,
+            f"  {work / serial:,.0f} seed-epochs/s",
+        )
+        print(
+            f"  speed-up JAX vs ensemble: {ensemble / jax_s:.1f}x; vs serial: {serial / jax_s:.1f}x"
+        )
+
+    if "c" not in args.skip:
+        print("(c) whole process: train.py --arch atten vs the PyTorch reference script")
+        with tempfile.TemporaryDirectory() as work_dir:
+            warm_cache = str(Path(work_dir) / "warm-cache")
+            env = {**os.environ, "BENCH_CWD": work_dir, "JAX_IRIS_CACHE_DIR": warm_cache}
+            env.pop("XLA_FLAGS", None)
+            train = [sys.executable, str(ROOT / "scripts" / "train.py"), "--arch", "atten"]
+            reference = [sys.executable, "-m", "jax_iris.torch_reference", "--arch", "atten"]
+            subprocess.run(train, cwd=work_dir, env=env, check=True, capture_output=True)
+            warm = process_seconds(train, r, env)
+            cold_runs = []
+            for i in range(r):
+                cold_env = {**env, "JAX_IRIS_CACHE_DIR": str(Path(work_dir) / f"cold-{i}")}
+                cold_runs.append(process_seconds(train, 1, cold_env))
+            cold = statistics.median(cold_runs)
+            torch_s = process_seconds(reference, r, env)
+        _line("train.py, warm compilation cache", warm, f"  {warm / torch_s:.2f}x of PyTorch")
+        _line("train.py, cold compilation cache", cold, f"  {cold / torch_s:.2f}x of PyTorch")
+        _line("PyTorch reference script", torch_s)
+    return 0

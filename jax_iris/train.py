@@ -211,7 +211,21 @@ def _chunk_lengths(epochs: int, log_every: int) -> list[int]:
     return [log_every] * full + ([rest] if rest else [])
 
 
-def _check_finite(state: TrainState, metrics: EpochMetrics, epoch_offset: int) -> None:
+def _run_chunk(
+    state: TrainState,
+    batch: Batch,
+    num_epochs: int,
+    model: Any,
+    optimizer: optax.GradientTransformation,
+) -> tuple[TrainState, EpochMetrics, jax.Array]:
+    """``run_epochs`` plus one flag: are all parameters still finite? (checked on device)."""
+    state, metrics = run_epochs(state, batch, num_epochs, model, optimizer)
+    leaves = jax.tree_util.tree_leaves(state.params)
+    finite = jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves]).all()
+    return state, metrics, finite
+
+
+def _check_finite(metrics: EpochMetrics, params_finite: bool, epoch_offset: int) -> None:
     losses = np.asarray(metrics.loss)
     bad = np.flatnonzero(~np.isfinite(losses))
     if bad.size:
@@ -219,8 +233,7 @@ def _check_finite(state: TrainState, metrics: EpochMetrics, epoch_offset: int) -
         raise DivergenceError(
             f"training diverged: the loss became {losses[bad[0]]} at epoch {epoch}"
         )
-    leaves = jax.tree_util.tree_leaves(state.params)
-    if not all(bool(jnp.isfinite(leaf).all()) for leaf in leaves):
+    if not params_finite:
         epoch = epoch_offset + losses.size
         raise DivergenceError(f"training diverged: a parameter became non-finite by epoch {epoch}")
 
@@ -253,12 +266,12 @@ def fit(
         params = jax.tree_util.tree_map(jnp.asarray, init_params)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     batch = as_batch(split.train, dtype)
-    state = TrainState(params, optimizer.init(params))
+    state = TrainState(params, jax.jit(optimizer.init)(params))
 
     start = time.perf_counter()
     lengths = _chunk_lengths(config.epochs, config.log_every)
     compiled = {
-        n: jax.jit(functools.partial(run_epochs, num_epochs=n, model=model, optimizer=optimizer))
+        n: jax.jit(functools.partial(_run_chunk, num_epochs=n, model=model, optimizer=optimizer))
         .lower(state, batch)
         .compile()
         for n in sorted(set(lengths))
@@ -268,8 +281,8 @@ def fit(
     start = time.perf_counter()
     chunks, done = [], 0
     for n in lengths:
-        state, metrics = compiled[n](state, batch)
-        _check_finite(state, metrics, done)
+        state, metrics, params_finite = compiled[n](state, batch)
+        _check_finite(metrics, bool(params_finite), done)
         chunks.append(metrics)
         done += n
         if progress is not None:
@@ -287,8 +300,8 @@ _init_jit = jax.jit(init_params, static_argnums=0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _forward(arch: str, head: str, params: Params, x: jax.Array) -> jax.Array:
-    return get_model(arch, head).apply(params, x)
+def _metrics(arch: str, head: str, params: Params, batch: Batch) -> EpochMetrics:
+    return loss_and_accuracy(get_model(arch, head).apply(params, batch.x), batch.y)
 
 
 def evaluate(
@@ -298,7 +311,6 @@ def evaluate(
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     table = {}
     for name, data in zip(Split._fields, split):
-        batch = as_batch(data, dtype)
-        metrics = loss_and_accuracy(_forward(arch, head, params, batch.x), batch.y)
+        metrics = _metrics(arch, head, params, as_batch(data, dtype))
         table[name] = {"loss": float(metrics.loss), "accuracy": float(metrics.accuracy)}
     return table

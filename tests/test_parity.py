@@ -366,9 +366,11 @@ def test_float32_table_matches_torch(blog_tables, arch):
         )
     assert correct_rows(jax_table) == correct_rows(torch_table)
     for split in ("train", "val", "test"):
-        # Both compute count / n in float32, so the values are equal to the last bit
-        # (78/120 is 0.64999998 on both sides).
-        assert jax_table[split]["accuracy"] == torch_table[split]["accuracy"], split
+        # The float values may differ by one float32 ulp (0.65000004 vs 0.64999998 for
+        # 78/120: the divisions round differently); the counts above are exact.
+        assert jax_table[split]["accuracy"] == pytest.approx(
+            torch_table[split]["accuracy"], abs=1e-7
+        )
         assert abs(jax_table[split]["loss"] - torch_table[split]["loss"]) <= TABLE_LOSS_ATOL, split
 
 

@@ -22,7 +22,7 @@ TORCH_SUFFIXES = (".pth", ".pt")
 JAX_SUFFIX = ".pkl"
 WHOLE_MODULE_HINT = (
     "if it is a whole module saved with torch.save(model), extract its state_dict first "
-    "(see docs/parity.md)"
+    "(see the README section on whole-module .pth files)"
 )
 
 

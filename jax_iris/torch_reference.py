@@ -29,7 +29,7 @@ EPOCHS = 1000
 LOG_EVERY = 100
 SPLIT_SEED = 666
 # torch.manual_seed(seed), then building that net alone, reproduces the blog's
-# published column for it (docs/parity.md). Building both after one seed does not.
+# published column for it (README, "Parity with PyTorch"). Building both after one seed does not.
 BLOG_SEEDS = {"atten": 0, "linear": 0}
 
 StateDict = Mapping[str, Any]  # torch tensors or numpy arrays

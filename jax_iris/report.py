@@ -48,8 +48,8 @@ def format_table(tables: Mapping[str, Table]) -> str:
     return "\n".join(lines)
 
 
-def _summary_writer_class() -> type:
-    """tensorboardX's SummaryWriter, imported without PyTorch.
+def _tensorboardx() -> tuple[type, type]:
+    """tensorboardX's ``FileWriter`` and ``Summary`` proto, imported without PyTorch.
 
     tensorboardX imports torch, when it is installed, only to accept torch tensors;
     we hand it Python floats. Hiding torch during the import saves seconds of start-up.
@@ -58,27 +58,31 @@ def _summary_writer_class() -> type:
     if hide:
         sys.modules["torch"] = None  # makes "import torch" raise ImportError
     try:
-        from tensorboardX import SummaryWriter
+        from tensorboardX import FileWriter
+        from tensorboardX.proto.summary_pb2 import Summary
     finally:
         if hide:
             del sys.modules["torch"]
-    return SummaryWriter
+    return FileWriter, Summary
 
 
 def write_tensorboard(logdir: str | os.PathLike, history: EpochMetrics) -> str:
     """Every epoch's train loss and accuracy as TensorBoard scalars (steps 0 .. epochs-1).
 
-    Returns the folder the event file went to.
+    One event per epoch carries both scalars (what ``SummaryWriter.add_scalar`` would
+    write as two events, at a quarter of the cost). Returns the folder.
     """
-    SummaryWriter = _summary_writer_class()
-
-    writer = SummaryWriter(logdir=str(logdir))
+    FileWriter, Summary = _tensorboardx()
+    writer = FileWriter(str(logdir))
     try:
         for step, (loss, accuracy) in enumerate(
-            zip(np.asarray(history.loss), np.asarray(history.accuracy))
+            zip(np.asarray(history.loss).tolist(), np.asarray(history.accuracy).tolist())
         ):
-            writer.add_scalar(TAG_LOSS, float(loss), step)
-            writer.add_scalar(TAG_ACCURACY, float(accuracy), step)
+            values = [
+                Summary.Value(tag=TAG_LOSS, simple_value=loss),
+                Summary.Value(tag=TAG_ACCURACY, simple_value=accuracy),
+            ]
+            writer.add_summary(Summary(value=values), step)
     finally:
         writer.close()
     return str(logdir)

@@ -35,12 +35,7 @@ TABLE_LOSS_ATOL = 1e-6
 JAX_EPOCHS = 50  # enough to move every weight away from its initial value
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def all_rows() -> np.ndarray:

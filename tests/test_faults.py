@@ -19,11 +19,14 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import torch
 
-from jax_iris import checkpoint
+from jax_iris import checkpoint, torch_reference
 from jax_iris.cli import EXIT_INTERRUPTED, EXIT_USAGE
 from jax_iris.commands import evaluate_command, train_command
+from jax_iris.convert import convert_command
 from jax_iris.models import init_params
+from jax_iris.sweep_command import sweep_command
 from jax_iris.train import TrainConfig
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -545,7 +548,6 @@ def test_ctrl_c_during_training_exits_130_and_writes_nothing(tmp_path, good):
     ],
 )
 def test_sweep_rejects_bad_options_in_one_line(workdir, capsys, argv, needles):
-    sweep_command = pytest.importorskip("jax_iris.sweep_command").sweep_command
     code, out, err = call(sweep_command, [*argv, "--out", workdir / "res"], capsys)
     assert code == EXIT_USAGE
     assert_one_line_error(err, "sweep.py: error:", *needles)
@@ -553,7 +555,6 @@ def test_sweep_rejects_bad_options_in_one_line(workdir, capsys, argv, needles):
 
 
 def test_sweep_unwritable_out_is_reported_before_training(workdir, capsys):
-    sweep_command = pytest.importorskip("jax_iris.sweep_command").sweep_command
     target = _under_regular_file(workdir)
     code, out, err = call(sweep_command, ["--seeds", "2", "--out", target], capsys)
     assert code == EXIT_USAGE
@@ -567,7 +568,6 @@ def test_sweep_unwritable_out_is_reported_before_training(workdir, capsys):
 @pytest.fixture(scope="module")
 def atten_pth(tmp_path_factory) -> Path:
     """A genuine torch state_dict file of the attention net."""
-    torch_reference = pytest.importorskip("jax_iris.torch_reference")
     net = torch_reference.build("atten")
     path = tmp_path_factory.mktemp("pth") / "atten.pth"
     torch_reference.save_state_dict_file(path, torch_reference.numpy_state_dict(net))
@@ -575,7 +575,6 @@ def atten_pth(tmp_path_factory) -> Path:
 
 
 def _convert(argv, capsys):
-    convert_command = pytest.importorskip("jax_iris.convert").convert_command
     return call(convert_command, argv, capsys)
 
 
@@ -627,7 +626,6 @@ def test_convert_refuses_a_malicious_pkl(tmp_path, capsys, good):
 
 
 def test_convert_refuses_a_malicious_pth(tmp_path, capsys):
-    torch = pytest.importorskip("torch")
     marker = tmp_path / "pwned"
     source = tmp_path / "evil.pth"
     torch.save({"layer_1.weight": _Call(os.system, f"touch {marker}")}, source)

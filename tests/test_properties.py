@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from jax_iris import checkpoint
+from jax_iris import checkpoint, torch_compat
 from jax_iris.data import _iris, load_split, split_ids
 from jax_iris.models import ARCHS, param_shapes
 from jax_iris.train import TrainConfig
@@ -200,7 +200,6 @@ def arch_and_params(draw) -> tuple[str, dict[str, np.ndarray]]:
 @PROPERTY_SETTINGS
 @given(case=arch_and_params())
 def test_torch_state_dict_round_trip_is_exact(case):
-    torch_compat = pytest.importorskip("jax_iris.torch_compat")
     arch, flat = case
     state_dict = torch_compat.state_dict_from_params(arch, checkpoint.unflatten_params(flat))
     assert list(state_dict) == list(torch_compat.torch_shapes(arch))  # torch's key order

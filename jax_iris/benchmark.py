@@ -106,14 +106,14 @@ def jax_sweep_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> float
     import jax
 
     from jax_iris.data import load_split
-    from jax_iris.sweep import _compiled, _split_batches
+    from jax_iris.sweep import compile_sweep, split_batches
     from jax_iris.train import TrainConfig
 
     devices = jax.device_count()
     n = -(-seeds // devices) * devices
-    run = _compiled(TrainConfig(arch=arch, epochs=epochs), False, True, False, devices)
+    run = compile_sweep(TrainConfig(arch=arch, epochs=epochs), False, True, False, devices)
     keys = jax.vmap(jax.random.key)(np.arange(n, dtype=np.uint32))
-    batches = _split_batches(load_split())
+    batches = split_batches(load_split())
     jax.block_until_ready(run(keys, batches))
     return median_seconds(lambda: jax.block_until_ready(run(keys, batches)), repeats)
 

@@ -17,8 +17,15 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jax_iris.data import Split, load_split
-from jax_iris.models import Params
-from jax_iris.train import Batch, EpochMetrics, TrainConfig, as_batch, make_train
+from jax_iris.models import Params, get_model
+from jax_iris.train import (
+    Batch,
+    EpochMetrics,
+    TrainConfig,
+    as_batch,
+    loss_and_accuracy,
+    make_train,
+)
 
 DEFAULT_CHUNK_SIZE = 1000
 SPLITS = Split._fields  # ("train", "val", "test")
@@ -42,7 +49,8 @@ class SweepResult(NamedTuple):
 ProgressFn = Callable[[int, int], None]  # (nets done, nets in all)
 
 
-def _split_batches(split: Split) -> SplitBatches:
+def split_batches(split: Split) -> SplitBatches:
+    """The three parts of a split as device batches."""
     return SplitBatches(*(as_batch(part) for part in split))
 
 
@@ -55,9 +63,6 @@ def make_sweep_fn(
 ) -> Callable[[jax.Array, SplitBatches], tuple]:
     """``(keys [n], batches) -> (final, history, params)`` for n nets at once, unjitted."""
     train = make_train(config)
-    from jax_iris.models import get_model
-    from jax_iris.train import loss_and_accuracy
-
     model = get_model(config.arch, config.head)
 
     def one(key: jax.Array, batches: SplitBatches) -> tuple:
@@ -72,9 +77,13 @@ def make_sweep_fn(
 
 
 @functools.cache
-def _compiled(
+def compile_sweep(
     config: TrainConfig, vary_split: bool, keep_history: bool, keep_params: bool, devices: int
 ) -> Callable:
+    """``make_sweep_fn`` under ``jax.jit``, its seed axis sharded over ``devices`` devices.
+
+    Cached, so chunks of one sweep (and repeated sweeps) reuse one compiled program.
+    """
     fn = make_sweep_fn(config, vary_split, keep_history, keep_params)
     if devices == 1:
         return jax.jit(fn)
@@ -122,8 +131,8 @@ def train_seeds(
     devices = jax.device_count()
     chunk = min(chunk_size, len(seeds))
     chunk = -(-chunk // devices) * devices  # a multiple of the device count
-    run = _compiled(config, vary_split, history, params, devices)
-    shared = None if vary_split else _split_batches(load_split(config.split_seed))
+    run = compile_sweep(config, vary_split, history, params, devices)
+    shared = None if vary_split else split_batches(load_split(config.split_seed))
 
     outputs = []
     for start in range(0, len(seeds), chunk):
@@ -131,7 +140,7 @@ def train_seeds(
         idx = np.arange(start, start + chunk) % len(seeds)  # pad the last chunk with repeats
         keys = jax.vmap(jax.random.key)(jnp.asarray(seeds[idx], dtype=jnp.uint32))
         if vary_split:
-            batches = _stack([_split_batches(load_split(int(s))) for s in split_seeds[idx]])
+            batches = _stack([split_batches(load_split(int(s))) for s in split_seeds[idx]])
         else:
             batches = shared
         out = jax.device_get(run(keys, batches))

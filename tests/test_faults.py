@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+from cli_helpers import assert_one_line_error, call
 
 from jax_iris import checkpoint, torch_reference
 from jax_iris.cli import EXIT_INTERRUPTED, EXIT_USAGE
@@ -34,24 +35,6 @@ SUBPROCESS_TIMEOUT = 240  # seconds; generous because the suite may share 2 core
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def call(command, argv: list[str], capsys) -> tuple[int, str, str]:
-    """Run a command function as its script would; argparse's exits become the exit code."""
-    try:
-        code = command([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(err: str, *needles: str) -> None:
-    """stderr holds exactly one line, no traceback, mentioning every needle."""
-    assert "Traceback" not in err
-    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
-    for needle in needles:
-        assert needle in err, f"{needle!r} not in {err!r}"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

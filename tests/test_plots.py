@@ -10,6 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from cli_helpers import assert_one_line_error, call
 
 from jax_iris import checkpoint
 from jax_iris.cli import EXIT_USAGE
@@ -54,15 +55,6 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     return {arch: save_run(folder / f"{arch}.pkl", arch, n) for arch, n in EPOCHS.items()}
 
 
-def call(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = plot_command([str(a) for a in argv])
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def png_size(path: Path) -> tuple[int, int]:
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE and data[12:16] == b"IHDR"
@@ -74,16 +66,9 @@ def pixels_near(image: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 3
     return int(np.all(np.abs(rgb_image - np.array(rgb)) <= tolerance, axis=-1).sum())
 
 
-def assert_one_line_error(err: str, *needles: str) -> None:
-    assert "Traceback" not in err
-    assert err.endswith("\n") and err.count("\n") == 1, f"not one line: {err!r}"
-    for needle in needles:
-        assert needle in err, f"{needle!r} not in {err!r}"
-
-
 def test_plot_writes_both_figures_as_pngs(tmp_path, capsys, runs):
     out_dir = tmp_path / "plots"
-    code, out, err = call([runs["atten"], runs["linear"], "--out", out_dir], capsys)
+    code, out, err = call(plot_command, [runs["atten"], runs["linear"], "--out", out_dir], capsys)
     assert (code, err) == (0, "")
     assert sorted(p.name for p in out_dir.iterdir()) == ["accuracy.png", "loss.png"]
     assert out.splitlines() == [
@@ -102,7 +87,7 @@ def test_plot_writes_both_figures_as_pngs(tmp_path, capsys, runs):
 
 def test_default_out_folder_is_plots(tmp_path, capsys, runs, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, _, _ = call([runs["atten"]], capsys)
+    code, _, _ = call(plot_command, [runs["atten"]], capsys)
     assert code == 0
     assert (tmp_path / "plots" / "accuracy.png").is_file()
     assert (tmp_path / "plots" / "loss.png").is_file()
@@ -146,7 +131,7 @@ def test_runs_of_the_same_net_are_told_apart_by_path(tmp_path, runs):
 def test_missing_matplotlib_says_to_install_the_extra(tmp_path, capsys, runs, monkeypatch):
     for module in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
         monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
-    code, out, err = call([runs["atten"], "--out", tmp_path / "p"], capsys)
+    code, out, err = call(plot_command, [runs["atten"], "--out", tmp_path / "p"], capsys)
     assert code == EXIT_USAGE
     assert_one_line_error(err, "plot.py: error:", INSTALL_HINT)
     assert "[plot]" in INSTALL_HINT
@@ -155,10 +140,10 @@ def test_missing_matplotlib_says_to_install_the_extra(tmp_path, capsys, runs, mo
 
 def test_a_bad_run_leaves_existing_figures_untouched(tmp_path, capsys, runs):
     out_dir = tmp_path / "p"
-    assert call([runs["atten"], "--out", out_dir], capsys)[0] == 0
+    assert call(plot_command, [runs["atten"], "--out", out_dir], capsys)[0] == 0
     before = {p.name: p.read_bytes() for p in out_dir.iterdir()}
     missing = tmp_path / "nope.pkl"
-    code, out, err = call([runs["linear"], missing, "--out", out_dir], capsys)
+    code, out, err = call(plot_command, [runs["linear"], missing, "--out", out_dir], capsys)
     assert code == EXIT_USAGE
     assert_one_line_error(err, str(missing), "no such checkpoint file")
     assert {p.name: p.read_bytes() for p in out_dir.iterdir()} == before
@@ -166,7 +151,7 @@ def test_a_bad_run_leaves_existing_figures_untouched(tmp_path, capsys, runs):
 
 def test_a_checkpoint_without_history_is_explained(tmp_path, capsys):
     bare = save_run(tmp_path / "bare.pkl", "linear", 5, history=False)
-    code, _, err = call([bare, "--out", tmp_path / "p"], capsys)
+    code, _, err = call(plot_command, [bare, "--out", tmp_path / "p"], capsys)
     assert code == EXIT_USAGE
     assert_one_line_error(err, str(bare), "no per-epoch history", "train.py")
     assert not (tmp_path / "p").exists()
@@ -175,13 +160,13 @@ def test_a_checkpoint_without_history_is_explained(tmp_path, capsys):
 def test_out_under_a_regular_file_fails_before_reading(tmp_path, capsys, runs):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, _, err = call([tmp_path / "nope.pkl", "--out", blocker / "p"], capsys)
+    code, _, err = call(plot_command, [tmp_path / "nope.pkl", "--out", blocker / "p"], capsys)
     assert code == EXIT_USAGE
     assert_one_line_error(err, "not a folder", "--out")
 
 
 def test_no_run_given_is_a_usage_error(capsys):
-    code, _, err = call([], capsys)
+    code, _, err = call(plot_command, [], capsys)
     assert code == EXIT_USAGE
     assert_one_line_error(err, "plot.py: error:", "RUN")
 

@@ -29,6 +29,7 @@ from jax_iris.cli import use_host_devices
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_MATMUL_SIZE = 2048
+WARMUP_EPOCHS = 5  # an untimed run first, on both sides
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -94,10 +95,11 @@ def torch_single_seconds(arch: str, epochs: int, repeats: int, seeds: int = 1) -
     torch.set_num_threads(1)  # fastest for 120 x 20 tensors (see torch_reference.main)
     split = tr.load_torch_split()
 
-    def run() -> None:
+    def run(epochs: int = epochs) -> None:
         for seed in range(seeds):
             tr.train(tr.build(arch, seed=seed), split.train, epochs)
 
+    run(WARMUP_EPOCHS)  # torch's first calls pay one-off set-up costs
     return median_seconds(run, repeats)
 
 
@@ -138,7 +140,7 @@ def torch_ensemble_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> 
         b = torch.empty(seeds, 1, fan_out).uniform_(-bound, bound).requires_grad_()
         return [w, b]
 
-    def run() -> None:
+    def run(epochs: int = epochs) -> None:
         torch.manual_seed(0)
         layers = [[dense(i, o) for _ in range(per_layer)] for i, o in sizes]
         head = dense(20, 3)
@@ -166,6 +168,7 @@ def torch_ensemble_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> 
             opt.step()
             losses[epoch] = per_net.detach()
 
+    run(WARMUP_EPOCHS)
     return median_seconds(run, repeats)
 
 

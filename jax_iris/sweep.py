@@ -41,6 +41,7 @@ class SplitBatches(NamedTuple):
 class SweepResult(NamedTuple):
     seeds: np.ndarray  # int64 [n]
     split_seeds: np.ndarray  # int64 [n]
+    vary_split: bool  # each net had its own split (else all used config.split_seed)
     final: dict[str, dict[str, np.ndarray]]  # split -> metric -> float32 [n], after training
     history: EpochMetrics | None  # float32 [n, epochs] each, when asked for
     params: Params | None  # leaves [n, ...], when asked for
@@ -152,6 +153,7 @@ def train_seeds(
     return SweepResult(
         seeds=seeds,
         split_seeds=split_seeds,
+        vary_split=vary_split,
         final=final,
         history=hist,
         params=trained,

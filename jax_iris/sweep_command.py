@@ -138,7 +138,7 @@ def summarize_sweep(results: dict[str, SweepResult], configs: dict) -> dict:
         summary["archs"][arch] = {
             "config": dataclasses.asdict(config),
             "nets": len(result.seeds),
-            "vary_split": bool(np.any(result.split_seeds != config.split_seed)),
+            "vary_split": result.vary_split,
             "accuracy": per_split,
             "success": success_rate(result.final["train"]["accuracy"])._asdict(),
             "diverged": int(np.sum(~np.isfinite(result.final["train"]["loss"]))),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -45,3 +48,52 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+Content = bytes | Callable[[BinaryIO], None]
+
+
+def commit(files: dict[Path, Content]) -> list[Path]:
+    """Write several files all-or-nothing: every one staged and flushed first, then renamed.
+
+    Each file goes to a temporary name beside its target and is fsynced; only when
+    all are on disk are they renamed into place, with Ctrl-C held off during the
+    renames. An error or Ctrl-C while staging removes the temporaries and leaves
+    every target as it was. Folders are created as needed.
+    """
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, content in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                if isinstance(content, bytes):
+                    f.write(content)
+                else:
+                    content(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    with _sigint_held():
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    return [path for _, path in staged]
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Delay SIGINT (Ctrl-C) until the block is done; a no-op off the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

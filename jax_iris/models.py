@@ -21,10 +21,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jax_iris import registry
 from jax_iris.data import NUM_CLASSES, NUM_FEATURES
 
-ARCHS = ("atten", "linear")
-HEADS = ("sigmoid", "logits")
+ARCHS = registry.ARCHS  # transitional alias: the registry is the one definition
 
 Params = Any  # a nested dict of arrays: {"params": {"layer_1": {...}, ...}}
 
@@ -83,9 +83,14 @@ class ElementwiseAttention(nn.Module):
         return jax.nn.relu(gate * v)
 
 
-def _head(z: jax.Array, head: str) -> jax.Array:
-    """The blog squashes the last layer with a sigmoid before the cross-entropy."""
-    return jax.nn.sigmoid(z) if head == "sigmoid" else z
+def identity(z: jax.Array) -> jax.Array:
+    """The ``logits`` head: the last layer goes to the cross-entropy unsquashed."""
+    return z
+
+
+def apply_head(head: str, z: jax.Array) -> jax.Array:
+    """The head's function (``jax_iris.registry.HEADS``); the blog's is ``sigmoid``."""
+    return registry.resolve(registry.head_spec(head).function)(z)
 
 
 class AttentionNet(nn.Module):
@@ -99,7 +104,7 @@ class AttentionNet(nn.Module):
         self.linear = TorchDense(NUM_CLASSES)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _head(self.linear(self.layer_2(self.layer_1(x))), self.head)
+        return apply_head(self.head, self.linear(self.layer_2(self.layer_1(x))))
 
 
 class LinearNet(nn.Module):
@@ -115,29 +120,25 @@ class LinearNet(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         h = jax.nn.relu(self.layer_1(x))
         h = jax.nn.relu(self.layer_2(h))
-        return _head(self.layer_3(h), self.head)
-
-
-_MODELS = {"atten": AttentionNet, "linear": LinearNet}
-
-
-def check_arch(arch: str) -> None:
-    if arch not in _MODELS:
-        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+        return apply_head(self.head, self.layer_3(h))
 
 
 def get_model(arch: str, head: str = "sigmoid") -> nn.Module:
-    """The Flax module for ``arch`` ("atten" or "linear")."""
-    check_arch(arch)
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}: choose one of {', '.join(HEADS)}")
-    return _MODELS[arch](head=head)
+    """The Flax module registered as ``arch`` (``jax_iris.registry.ARCHS``), with ``head``."""
+    registry.head_spec(head)
+    return registry.resolve(registry.arch_spec(arch).module)(head=head)
 
 
-def init_params(arch: str, key: jax.Array) -> Params:
-    """Fresh torch-style initial parameters for ``arch`` (the head has no parameters)."""
+def init_params(arch: str, key: jax.Array, dtype: Any = jnp.float32) -> Params:
+    """Fresh torch-style initial parameters for ``arch`` (the head has no parameters).
+
+    Drawn in float32, as torch does, then cast to ``dtype``.
+    """
     dummy = jnp.zeros((1, NUM_FEATURES), jnp.float32)
-    return get_model(arch).init(key, dummy)
+    params = get_model(arch).init(key, dummy)
+    if jnp.dtype(dtype) == jnp.float32:
+        return params
+    return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
 
 
 @functools.cache

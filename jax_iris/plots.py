@@ -13,19 +13,14 @@ through its non-interactive Agg canvas and without pyplot's global state.
 
 from __future__ import annotations
 
+import io
 import math
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
-
-from jax_iris.fileio import atomic_write
-
-if TYPE_CHECKING:
-    from jax_iris.cli import Parser
 
 DEFAULT_OUT = "plots"
 INSTALL_HINT = "matplotlib is not installed; install the plot extra: pip install 'jax-iris[plot]'"
@@ -62,8 +57,8 @@ class Run(NamedTuple):
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
     """One ``Run`` per checkpoint file, labelled by its net (by its path if a net repeats)."""
-    from jax_iris import checkpoint
-    from jax_iris.report import MODEL_LABELS
+    from jax_iris import checkpoint, registry
+    from jax_iris.quote import quote
 
     loaded = []
     for path in paths:
@@ -74,9 +69,9 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
     archs = [ckpt.arch for _, ckpt in loaded]
     runs = []
     for path, ckpt in loaded:
-        label = MODEL_LABELS.get(ckpt.arch, ckpt.arch)
+        label = registry.label(ckpt.arch)
         if archs.count(ckpt.arch) > 1:
-            label = f"{label} ({path})"
+            label = f"{label} ({quote(path, 60)})"
         runs.append(Run(label, _checked_history(path, ckpt.history), ckpt.config.head))
     return runs
 
@@ -135,63 +130,42 @@ def draw(figure: FigureSpec, runs: Sequence[Run]) -> Any:
     return fig
 
 
-def save_png(fig: Any, path: Path) -> Path:
-    """Write the figure atomically: a failed write leaves an older ``path`` as it was."""
-    return atomic_write(path, lambda f: fig.savefig(f, format="png"))
+def png_bytes(fig: Any, dpi: int | None = None) -> bytes:
+    """The figure as PNG bytes, drawn in memory (nothing touches the disk)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
 
 
-def plot_runs(runs: Sequence[Run], out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``accuracy.png`` and ``loss.png`` for ``runs`` into ``out_dir``; return the paths."""
+def run_figures(runs: Sequence[Run], out_dir: str | os.PathLike) -> dict[Path, bytes]:
+    """``accuracy.png`` and ``loss.png`` for ``runs``, as {path in out_dir: PNG bytes}.
+
+    Nothing is written: the caller writes them together (``fileio.commit``).
+    """
     if not runs:
         raise PlotError("nothing to plot: give at least one checkpoint")
-    figures = [(figure, draw(figure, runs)) for figure in FIGURES]  # all drawn before any write
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [save_png(fig, out_dir / figure.filename) for figure, fig in figures]
+    return {Path(out_dir) / f.filename: png_bytes(draw(f, runs)) for f in FIGURES}
 
 
-def plot_parser() -> Parser:
-    from jax_iris.cli import Parser
+def sweep_histograms(results: Mapping[tuple[str, str], Any]) -> bytes:
+    """Final accuracy per split over a sweep's nets, one colour per (arch, head): PNG bytes."""
+    from jax_iris.data import load_split
+    from jax_iris.train import SPLITS
 
-    parser = Parser(
-        prog="plot.py",
-        description="Draw train accuracy and loss per epoch (the blog's Figures 3 and 4) "
-        "from saved checkpoints; no retraining.",
-    )
-    parser.add_argument(
-        "runs", nargs="+", metavar="RUN", help="a checkpoint .pkl written by train.py"
-    )
-    parser.add_argument(
-        "--out",
-        default=DEFAULT_OUT,
-        help="folder for accuracy.png and loss.png (default: %(default)s)",
-    )
-    return parser
-
-
-def plot_command(argv: Sequence[str] | None = None) -> int:
-    """``plot.py RUN... [--out DIR]``: one line on stderr and exit 2 for any user mistake."""
-    from jax_iris.cli import UsageError, check_writable_dir, run_main
-
-    args = plot_parser().parse_args(argv)
-
-    def body() -> int:
-        out_dir = check_writable_dir(args.out, "--out")
-        try:
-            require_matplotlib()  # before reading any file
-            paths = plot_runs(load_runs(args.runs), out_dir)
-        except PlotError as err:
-            raise UsageError(str(err)) from None
-        except OSError as err:
-            raise UsageError(
-                f"cannot write to {out_dir} ({err.strerror or err}); choose another --out"
-            ) from None
-        for path in paths:
-            print(f"wrote {path}")
-        return 0
-
-    return run_main("plot.py", body)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(plot_command())
+    figure_class, canvas_class = require_matplotlib()
+    fig = figure_class(figsize=(13, 4), dpi=100, layout="constrained")
+    canvas_class(fig)
+    sizes = {split: len(part.y) for split, part in zip(SPLITS, load_split())}
+    for i, split in enumerate(SPLITS):
+        ax = fig.add_subplot(1, len(SPLITS), i + 1)
+        n = sizes[split]
+        bins = np.linspace(-0.5 / n, 1 + 0.5 / n, n + 2)  # one bin per attainable accuracy k/n
+        for (arch, head), result in results.items():
+            accuracy = np.asarray(getattr(result.final, split).accuracy)
+            ax.hist(accuracy, bins=bins, alpha=0.6, label=f"{arch}, {head} ({accuracy.size} nets)")
+        ax.set_title(f"{split} accuracy after training")
+        ax.set_xlabel("accuracy")
+        ax.set_ylabel("nets")
+        ax.legend()
+    fig.suptitle("Final accuracy over initial-weight seeds")
+    return png_bytes(fig)

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-import os
+import socket
 import sys
+import tempfile
+import time
+import uuid
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from jax_iris.train import EpochMetrics
+from jax_iris import registry
 
 SPLIT_LABELS = {"train": "Train_Data", "val": "Val_Data", "test": "Test_Data"}
 METRIC_LABELS = {"loss": "Loss", "accuracy": "Accuracy"}
-MODEL_LABELS = {"atten": "Atten_Model", "linear": "Linear_Model"}
 TAG_LOSS = "train/loss"
 TAG_ACCURACY = "train/accuracy"
 
-Table = Mapping[str, Mapping[str, float]]  # split -> metric -> value
+Table = Any  # a SplitMetrics of floats: table.train.loss, ...
 
 
 def progress_line(arch: str, epoch: int, epochs: int, loss: float, accuracy: float) -> str:
@@ -32,7 +36,7 @@ def format_table(tables: Mapping[str, Table]) -> str:
 
     ``tables`` maps a column name (an arch, or any label) to ``evaluate``'s result.
     """
-    columns = [MODEL_LABELS.get(name, name) for name in tables]
+    columns = [registry.label(name) for name in tables]
     widths = [max(len(c), 6) for c in columns]
     header = f"{'metric':<9}{'split':<11}" + "".join(
         f"{c:>{w + 2}}" for c, w in zip(columns, widths)
@@ -42,7 +46,8 @@ def format_table(tables: Mapping[str, Table]) -> str:
         for i, (split, split_label) in enumerate(SPLIT_LABELS.items()):
             first = metric_label if i == 0 else ""
             cells = "".join(
-                f"{table[split][metric]:>{w + 2}.4f}" for table, w in zip(tables.values(), widths)
+                f"{getattr(getattr(table, split), metric):>{w + 2}.4f}"
+                for table, w in zip(tables.values(), widths)
             )
             lines.append(f"{first:<9}{split_label:<11}{cells}")
     return "\n".join(lines)
@@ -66,23 +71,32 @@ def _tensorboardx() -> tuple[type, type]:
     return FileWriter, Summary
 
 
-def write_tensorboard(logdir: str | os.PathLike, history: EpochMetrics) -> str:
-    """Every epoch's train loss and accuracy as TensorBoard scalars (steps 0 .. epochs-1).
+def tensorboard_events(history: Any) -> bytes:
+    """Every epoch's train loss and accuracy as one TensorBoard event file's bytes.
 
-    One event per epoch carries both scalars (what ``SummaryWriter.add_scalar`` would
-    write as two events, at a quarter of the cost). Returns the folder.
+    Steps 0 .. epochs-1; one event per epoch carries both scalars (what
+    ``SummaryWriter.add_scalar`` would write as two events, at a quarter of the
+    cost). The bytes are built in a private folder, so the caller decides where and
+    under which name they land (``fileio.commit``).
     """
     FileWriter, Summary = _tensorboardx()
-    writer = FileWriter(str(logdir))
-    try:
-        for step, (loss, accuracy) in enumerate(
-            zip(np.asarray(history.loss).tolist(), np.asarray(history.accuracy).tolist())
-        ):
-            values = [
-                Summary.Value(tag=TAG_LOSS, simple_value=loss),
-                Summary.Value(tag=TAG_ACCURACY, simple_value=accuracy),
-            ]
-            writer.add_summary(Summary(value=values), step)
-    finally:
-        writer.close()
-    return str(logdir)
+    with tempfile.TemporaryDirectory(prefix="jax_iris_events_") as folder:
+        writer = FileWriter(folder)
+        try:
+            for step, (loss, accuracy) in enumerate(
+                zip(np.asarray(history.loss).tolist(), np.asarray(history.accuracy).tolist())
+            ):
+                values = [
+                    Summary.Value(tag=TAG_LOSS, simple_value=loss),
+                    Summary.Value(tag=TAG_ACCURACY, simple_value=accuracy),
+                ]
+                writer.add_summary(Summary(value=values), step)
+        finally:
+            writer.close()
+        (event_file,) = Path(folder).iterdir()
+        return event_file.read_bytes()
+
+
+def event_file_name() -> str:
+    """A name TensorBoard reads as an event file, unique to this run."""
+    return f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{uuid.uuid4().hex}"

@@ -78,13 +78,7 @@ def paired_comparison(
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError("paired comparison needs two 1-D arrays of the same, non-zero length")
     diff = a - b
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for start in range(0, resamples, 1000):  # in blocks, so memory stays small for big sweeps
-        stop = min(start + 1000, resamples)
-        picks = rng.integers(0, diff.size, size=(stop - start, diff.size))
-        means[start:stop] = diff[picks].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
+    low, high = np.percentile(bootstrap_means(diff, resamples, seed), [2.5, 97.5])
     close = np.isclose(a, b, rtol=0, atol=1e-6)
     return PairedComparison(
         n=int(diff.size),
@@ -95,3 +89,32 @@ def paired_comparison(
         low=float(low),
         high=float(high),
     )
+
+
+class Interval(NamedTuple):
+    mean: float
+    low: float  # 95% bootstrap percentile interval of the mean
+    high: float
+
+
+def bootstrap_means(
+    values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> np.ndarray:
+    """Means of ``resamples`` resamples of ``values`` with replacement, in bounded memory."""
+    values = np.asarray(values, np.float64)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    for start in range(0, resamples, 1000):  # in blocks, so memory stays small for big sweeps
+        stop = min(start + 1000, resamples)
+        picks = rng.integers(0, values.size, size=(stop - start, values.size))
+        means[start:stop] = values[picks].mean(axis=1)
+    return means
+
+
+def mean_interval(values: np.ndarray, resamples: int = BOOTSTRAP_RESAMPLES) -> Interval:
+    """The mean with its 95% percentile-bootstrap interval."""
+    values = np.asarray(values, np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError("a mean interval needs a non-empty 1-D array")
+    low, high = np.percentile(bootstrap_means(values, resamples), [2.5, 97.5])
+    return Interval(float(values.mean()), float(low), float(high))

@@ -1,12 +1,17 @@
-"""Many seeds in one compiled program: ``jax.vmap`` of the single-run ``train``.
+"""Many nets in one compiled program: ``jax.vmap`` of the one training core.
 
-Net ``i`` of a sweep is ``fit`` with ``seed = seeds[i]`` (and, optionally, its own
-data split ``split_seeds[i]``). The seed axis is sharded across every available
-device, and sweeps larger than ``chunk_size`` run chunk by chunk so memory stays flat.
+A grid trains every (learning rate, weight decay, seed) cell as one net; a seed
+sweep is the 1 x 1 grid. Net ``(j, k, i)`` equals ``fit`` with ``lr = lr[j]``,
+``weight_decay = weight_decay[k]``, ``seed = seeds[i]`` (and, optionally, its own
+data split ``split_seeds[i]``). The hyperparameters are traced data, so a grid
+compiles once per (arch, head, epochs) whatever its values. The net axis is sharded
+across every available device, and grids larger than ``chunk_size`` run chunk by
+chunk (the last chunk padded) so memory stays flat.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -16,143 +21,170 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jax_iris.data import Split, load_split
-from jax_iris.models import Params, get_model
-from jax_iris.train import (
-    Batch,
-    EpochMetrics,
-    TrainConfig,
-    as_batch,
-    loss_and_accuracy,
-    make_train,
-)
+from jax_iris.config import MAX_SEED, TrainConfig
+from jax_iris.data import load_split
+from jax_iris.models import Params
+from jax_iris.train import Hparams, Metrics, SplitBatches, SplitMetrics, make_train, split_batches
 
 DEFAULT_CHUNK_SIZE = 1000
-SPLITS = Split._fields  # ("train", "val", "test")
-METRICS = EpochMetrics._fields  # ("loss", "accuracy")
 
 
-class SplitBatches(NamedTuple):
-    train: Batch  # x [120, 4], y [120]; with a leading [n] axis when splits vary
-    val: Batch
-    test: Batch
+class GridResult(NamedTuple):
+    """One (arch, head) grid; every array has one entry per net, in cell order."""
 
-
-class SweepResult(NamedTuple):
+    config: TrainConfig  # arch, head and epochs of every net
     seeds: np.ndarray  # int64 [n]
     split_seeds: np.ndarray  # int64 [n]
+    lr: np.ndarray  # float64 [n]
+    weight_decay: np.ndarray  # float64 [n]
     vary_split: bool  # each net had its own split (else all used config.split_seed)
-    final: dict[str, dict[str, np.ndarray]]  # split -> metric -> float32 [n], after training
-    history: EpochMetrics | None  # float32 [n, epochs] each, when asked for
+    final: SplitMetrics  # float32 [n] each, after training
+    history: Metrics | None  # float32 [n, epochs] each, when asked for
     params: Params | None  # leaves [n, ...], when asked for
 
+
+SweepResult = GridResult  # a seed sweep is the 1 x 1 grid
 
 ProgressFn = Callable[[int, int], None]  # (nets done, nets in all)
 
 
-def split_batches(split: Split) -> SplitBatches:
-    """The three parts of a split as device batches."""
-    return SplitBatches(*(as_batch(part) for part in split))
+def grid_cells(
+    seeds: np.ndarray, lr: np.ndarray, weight_decay: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-net (seed, lr, weight decay), learning rate slowest, seed fastest."""
+    lr_n, wd_n, seed_n = np.meshgrid(lr, weight_decay, seeds, indexing="ij")
+    return seed_n.ravel(), lr_n.ravel(), wd_n.ravel()
 
 
-def _stack(batches: Sequence[SplitBatches]) -> SplitBatches:
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches)
+def program_config(config: TrainConfig) -> TrainConfig:
+    """The fields that shape the compiled program (arch, head, epochs); the rest defaulted."""
+    return TrainConfig(arch=config.arch, head=config.head, epochs=config.epochs)
 
 
 def make_sweep_fn(
     config: TrainConfig, vary_split: bool, keep_history: bool, keep_params: bool
-) -> Callable[[jax.Array, SplitBatches], tuple]:
-    """``(keys [n], batches) -> (final, history, params)`` for n nets at once, unjitted."""
+) -> Callable[[jax.Array, SplitBatches, Hparams], tuple]:
+    """``(keys [n], batches, hparams [n]) -> (final, history, params)`` for n nets, unjitted."""
     train = make_train(config)
-    model = get_model(config.arch, config.head)
 
-    def one(key: jax.Array, batches: SplitBatches) -> tuple:
-        params, history = train(key, batches.train)
-        final = {
-            name: loss_and_accuracy(model.apply(params, b.x), b.y)._asdict()
-            for name, b in zip(SPLITS, batches)
-        }
-        return final, history if keep_history else None, params if keep_params else None
+    def one(key: jax.Array, batches: SplitBatches, hparams: Hparams) -> tuple:
+        out = train(key, batches, hparams)
+        return (
+            out.final,
+            out.history if keep_history else None,
+            out.params if keep_params else None,
+        )
 
-    return jax.vmap(one, in_axes=(0, 0 if vary_split else None))
+    return jax.vmap(one, in_axes=(0, 0 if vary_split else None, 0))
 
 
 @functools.cache
 def compile_sweep(
     config: TrainConfig, vary_split: bool, keep_history: bool, keep_params: bool, devices: int
 ) -> Callable:
-    """``make_sweep_fn`` under ``jax.jit``, its seed axis sharded over ``devices`` devices.
+    """``make_sweep_fn`` under ``jax.jit``, its net axis sharded over ``devices`` devices.
 
-    Cached, so chunks of one sweep (and repeated sweeps) reuse one compiled program.
+    Cached on ``program_config(config)``, so chunks of one grid, and grids of other
+    values, reuse one compiled program.
     """
-    fn = make_sweep_fn(config, vary_split, keep_history, keep_params)
+    fn = make_sweep_fn(program_config(config), vary_split, keep_history, keep_params)
     if devices == 1:
         return jax.jit(fn)
-    mesh = Mesh(np.array(jax.devices()[:devices]), ("seeds",))
-    along = NamedSharding(mesh, PartitionSpec("seeds"))
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("nets",))
+    along = NamedSharding(mesh, PartitionSpec("nets"))
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
         fn,
-        in_shardings=(along, along if vary_split else replicated),
+        in_shardings=(along, along if vary_split else replicated, along),
         out_shardings=along,
     )
 
 
-def train_seeds(
+def _stack(batches: Sequence[SplitBatches]) -> SplitBatches:
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches)
+
+
+def _as_seeds(name: str, values: Sequence[int] | np.ndarray) -> np.ndarray:
+    values = np.asarray(values)
+    if values.ndim != 1 or values.size == 0 or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{name} must be a non-empty list of integers")
+    if np.any(values < 0) or np.any(values > MAX_SEED):
+        raise ValueError(f"{name} must be integers from 0 to {MAX_SEED}")
+    return values.astype(np.int64)
+
+
+def _as_rates(name: str, values: Sequence[float] | None, default: float) -> np.ndarray:
+    values = np.asarray([default] if values is None else values, dtype=np.float64)
+    if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} must be a non-empty list of finite numbers")
+    return values
+
+
+def train_grid(
     config: TrainConfig,
     seeds: Sequence[int] | np.ndarray,
+    lr: Sequence[float] | None = None,
+    weight_decay: Sequence[float] | None = None,
     split_seeds: Sequence[int] | np.ndarray | None = None,
     *,
     history: bool = False,
     params: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     progress: ProgressFn | None = None,
-) -> SweepResult:
-    """Train ``len(seeds)`` nets of ``config.arch``; net i starts from ``jax.random.key(seeds[i])``.
+) -> GridResult:
+    """Train ``len(lr) * len(weight_decay) * len(seeds)`` nets of ``config.arch``/``config.head``.
 
-    ``split_seeds[i]``, when given, cuts net i's own train/val/test split with the
-    same legacy numpy procedure as ``load_split``; otherwise every net uses
-    ``config.split_seed``. The seed axis is sharded over ``jax.devices()``.
+    ``lr`` and ``weight_decay`` default to the config's single values. Net
+    ``(j, k, i)`` starts from ``jax.random.key(seeds[i])``; ``split_seeds[i]``, when
+    given, cuts its own train/val/test split (as ``load_split``), otherwise every net
+    uses ``config.split_seed``.
     """
-    seeds = np.asarray(seeds, dtype=np.int64)
-    if seeds.ndim != 1 or seeds.size == 0:
-        raise ValueError("seeds must be a non-empty list of integers")
-    if np.any(seeds < 0) or np.any(seeds > 2**32 - 1):
-        raise ValueError("seeds must be integers from 0 to 2**32 - 1")
+    seeds = _as_seeds("seeds", seeds)
+    lrs = _as_rates("lr", lr, config.lr)
+    wds = _as_rates("weight_decay", weight_decay, config.weight_decay)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     vary_split = split_seeds is not None
     if vary_split:
-        split_seeds = np.asarray(split_seeds, dtype=np.int64)
+        split_seeds = _as_seeds("split_seeds", split_seeds)
         if split_seeds.shape != seeds.shape:
             raise ValueError("split_seeds must have one entry per seed")
     else:
         split_seeds = np.full_like(seeds, config.split_seed)
+    net_seeds, net_lr, net_wd = grid_cells(seeds, lrs, wds)
+    net_splits = np.tile(split_seeds, len(lrs) * len(wds))
+    n = len(net_seeds)
 
     devices = jax.device_count()
-    chunk = min(chunk_size, len(seeds))
+    chunk = min(chunk_size, n)
     chunk = -(-chunk // devices) * devices  # a multiple of the device count
-    run = compile_sweep(config, vary_split, history, params, devices)
+    run = compile_sweep(program_config(config), vary_split, history, params, devices)
     shared = None if vary_split else split_batches(load_split(config.split_seed))
 
     outputs = []
-    for start in range(0, len(seeds), chunk):
-        stop = min(start + chunk, len(seeds))
-        idx = np.arange(start, start + chunk) % len(seeds)  # pad the last chunk with repeats
-        keys = jax.vmap(jax.random.key)(jnp.asarray(seeds[idx], dtype=jnp.uint32))
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        idx = np.arange(start, start + chunk) % n  # pad the last chunk with repeats
+        keys = jax.vmap(jax.random.key)(jnp.asarray(net_seeds[idx], dtype=jnp.uint32))
+        hparams = Hparams(
+            jnp.asarray(net_lr[idx], jnp.float32), jnp.asarray(net_wd[idx], jnp.float32)
+        )
         if vary_split:
-            batches = _stack([split_batches(load_split(int(s))) for s in split_seeds[idx]])
+            batches = _stack([split_batches(load_split(int(s))) for s in net_splits[idx]])
         else:
             batches = shared
-        out = jax.device_get(run(keys, batches))
-        outputs.append(jax.tree_util.tree_map(lambda a, n=stop - start: a[:n], out))
+        out = jax.device_get(run(keys, batches, hparams))
+        outputs.append(jax.tree_util.tree_map(lambda a, k=stop - start: a[:k], out))
         if progress is not None:
-            progress(stop, len(seeds))
+            progress(stop, n)
 
     final, hist, trained = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *outputs)
-    return SweepResult(
-        seeds=seeds,
-        split_seeds=split_seeds,
+    return GridResult(
+        config=dataclasses.replace(config, seed=0),
+        seeds=net_seeds,
+        split_seeds=net_splits,
+        lr=net_lr,
+        weight_decay=net_wd,
         vary_split=vary_split,
         final=final,
         history=hist,
@@ -160,8 +192,11 @@ def train_seeds(
     )
 
 
-def progress_bar(done: int, total: int, width: int = 30) -> None:
-    """A one-line text progress bar on stdout (stderr is kept for errors)."""
-    filled = width * done // total
-    end = "\n" if done == total else ""
-    print(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} nets", end=end, flush=True)
+def train_seeds(
+    config: TrainConfig,
+    seeds: Sequence[int] | np.ndarray,
+    split_seeds: Sequence[int] | np.ndarray | None = None,
+    **options,
+) -> GridResult:
+    """A seed sweep: the 1 x 1 grid at ``config.lr`` and ``config.weight_decay``."""
+    return train_grid(config, seeds, None, None, split_seeds, **options)

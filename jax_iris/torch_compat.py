@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from jax_iris import registry
 from jax_iris.checkpoint import flatten_params, unflatten_params
-from jax_iris.models import ARCHS, Params, check_arch, param_shapes
+from jax_iris.models import Params, param_shapes
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _TORCH_LEAF = {"kernel": "weight", "bias": "bias"}
@@ -30,7 +31,7 @@ def _torch_name(flax_name: str) -> str:
 
 def torch_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     """``{"layer_1.k.weight": (10, 4), ...}`` in torch's order (each module's weight, then bias)."""
-    check_arch(arch)
+    registry.arch_spec(arch)
     shapes = param_shapes(arch)
     modules = dict.fromkeys(name.rsplit("/", 1)[0] for name in shapes)
     ordered = {}
@@ -44,7 +45,7 @@ def torch_shapes(arch: str) -> dict[str, tuple[int, ...]]:
 def infer_arch(keys: Any) -> str | None:
     """The arch whose ``state_dict`` has exactly these keys, or None."""
     keys = set(keys)
-    matches = [arch for arch in ARCHS if set(torch_shapes(arch)) == keys]
+    matches = [arch for arch in registry.ARCHS if set(torch_shapes(arch)) == keys]
     return matches[0] if matches else None
 
 

@@ -21,9 +21,9 @@ import torch
 from sklearn.datasets import load_iris
 from torch import nn
 
+from jax_iris import registry
 from jax_iris.fileio import atomic_write
 
-ARCHS = ("atten", "linear")
 LR = 0.005
 WEIGHT_DECAY = 1e-3
 EPOCHS = 1000
@@ -81,9 +81,6 @@ class LinearNet(nn.Module):
         return torch.sigmoid(self.layer_3(h))
 
 
-_NETS: dict[str, Callable[[], nn.Module]] = {"atten": AttentionNet, "linear": LinearNet}
-
-
 def build(
     arch: str,
     seed: int | None = None,
@@ -95,11 +92,12 @@ def build(
     The weights are drawn in float32 (as the blog) and then cast to ``dtype``.
     ``state_dict`` values may be tensors or numpy arrays; loading is strict.
     """
-    if arch not in _NETS:
-        raise ValueError(f"unknown arch {arch!r}: choose one of {', '.join(ARCHS)}")
+    spec = registry.arch_spec(arch)
+    if spec.torch_module is None:
+        raise ValueError(f"arch {arch!r} has no PyTorch restatement registered")
     if seed is not None:
         torch.manual_seed(seed)
-    net = _NETS[arch]().to(dtype)
+    net = registry.resolve(spec.torch_module)().to(dtype)
     if state_dict is not None:
         tensors = {
             k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v))
@@ -239,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m jax_iris.torch_reference",
         description="Train the blog's two nets in PyTorch and print its tables.",
     )
-    parser.add_argument("--arch", choices=(*ARCHS, "both"), default="both")
+    blog = registry.blog_archs()
+    parser.add_argument("--arch", choices=(*blog, registry.BOTH), default=registry.BOTH)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    for arch in ARCHS:
+    for arch in blog:
         parser.add_argument(
             f"--{arch}-seed",
             type=int,
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = torch.float64 if args.double else torch.float32
     split = load_torch_split(dtype)
 
-    archs = ARCHS if args.arch == "both" else (args.arch,)
+    archs = registry.expand_archs([args.arch])
     tables = {}
     for arch in archs:
         net = build(arch, seed=getattr(args, f"{arch}_seed"), dtype=dtype)
@@ -270,8 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         tables[arch] = evaluate(net, split)
 
     print()
-    labels = {"atten": "Atten_Model", "linear": "Linear_Model"}
-    print(f"{'metric':<9}{'split':<8}" + "".join(f"{labels[a]:>14}" for a in archs))
+    print(f"{'metric':<9}{'split':<8}" + "".join(f"{registry.label(a):>14}" for a in archs))
     for metric in ("loss", "accuracy"):
         for split_name in TorchSplit._fields:
             cells = "".join(f"{_format(tables[a][split_name][metric]):>14}" for a in archs)

@@ -1,8 +1,8 @@
-"""JAX vs the PyTorch reference, in one run: python scripts/benchmark.py [--seeds 1000]."""
+"""Time JAX against the PyTorch reference on this machine."""
 
 import sys
 
-from jax_iris.benchmark import main
+from jax_iris.cli.benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

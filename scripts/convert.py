@@ -1,8 +1,8 @@
-"""PyTorch state_dict <-> jax_iris checkpoint: python scripts/convert.py IN OUT."""
+"""Convert a PyTorch .pth state_dict to a jax_iris .pkl checkpoint, or back."""
 
 import sys
 
-from jax_iris.convert import convert_command
+from jax_iris.cli.convert import main
 
 if __name__ == "__main__":
-    sys.exit(convert_command())
+    sys.exit(main())

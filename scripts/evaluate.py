@@ -1,8 +1,8 @@
-"""Reload checkpoints and print the evaluation table: python scripts/evaluate.py FILE..."""
+"""Print the blog's evaluation table for saved checkpoints."""
 
 import sys
 
-from jax_iris.commands import evaluate_command
+from jax_iris.cli.evaluate import main
 
 if __name__ == "__main__":
-    sys.exit(evaluate_command())
+    sys.exit(main())

@@ -1,8 +1,8 @@
-"""Draw train accuracy and loss per epoch from checkpoints: python scripts/plot.py RUN..."""
+"""Draw accuracy and loss per epoch from checkpoints."""
 
 import sys
 
-from jax_iris.plots import plot_command
+from jax_iris.cli.plot import main
 
 if __name__ == "__main__":
-    sys.exit(plot_command())
+    sys.exit(main())

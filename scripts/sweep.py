@@ -1,8 +1,8 @@
-"""Seed sweeps: python scripts/sweep.py --arch atten linear --seeds 1000 [--vary-split]."""
+"""Train many seeds (x learning rates x weight decays) and compare the nets."""
 
 import sys
 
-from jax_iris.sweep_command import sweep_command
+from jax_iris.cli.sweep import main
 
 if __name__ == "__main__":
-    sys.exit(sweep_command())
+    sys.exit(main())

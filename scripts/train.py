@@ -1,8 +1,8 @@
-"""Train the blog's iris nets: python scripts/train.py --arch atten|linear|both."""
+"""Train the blog's iris nets: python scripts/train.py --arch atten."""
 
 import sys
 
-from jax_iris.commands import train_command
+from jax_iris.cli.train import main
 
 if __name__ == "__main__":
-    sys.exit(train_command())
+    sys.exit(main())

@@ -14,8 +14,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from jax_iris.cli import Parser, UsageError, run_main
-from jax_iris.models import ARCHS
+from jax_iris import registry
+from jax_iris.cli.common import Parser, UsageError, run_main
+from jax_iris.quote import quote
 
 PROG = "convert.py"
 TORCH_SUFFIXES = (".pth", ".pt")
@@ -26,7 +27,7 @@ WHOLE_MODULE_HINT = (
 )
 
 
-def convert_parser() -> Parser:
+def parser() -> Parser:
     parser = Parser(
         prog=PROG,
         description=(
@@ -40,15 +41,15 @@ def convert_parser() -> Parser:
     parser.add_argument("output", metavar="OUT", help="the .pkl or .pth/.pt to write")
     parser.add_argument(
         "--arch",
-        choices=ARCHS,
+        choices=list(registry.ARCHS),
         help="net of a .pth state_dict (default: inferred from its keys)",
     )
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
     return parser
 
 
-def convert_command(argv: Sequence[str] | None = None) -> int:
-    args = convert_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     def body() -> int:
         source, target = Path(args.input), Path(args.output)
@@ -123,24 +124,26 @@ def _closest_arch(source: Path, state_dict: Mapping[str, Any]) -> str:
     arch = infer_arch(state_dict)
     if arch is not None:
         return arch
-    shared = {a: len(set(state_dict) & set(torch_shapes(a))) for a in ARCHS}
-    closest = max(ARCHS, key=shared.__getitem__)
+    archs = list(registry.ARCHS)
+    shared = {a: len(set(state_dict) & set(torch_shapes(a))) for a in archs}
+    closest = max(archs, key=shared.__getitem__)
     if shared[closest] == 0:
-        keys = ", ".join(list(state_dict)[:3]) or "none"
+        keys = quote(", ".join(map(str, list(state_dict)[:3])) or "none", 80)
+        firsts = " or ".join(f"{next(iter(torch_shapes(a)))} ({a})" for a in archs)
         raise UsageError(
             f"{source}: none of its keys ({keys}{', ...' if len(state_dict) > 3 else ''}) "
-            f"belong to the blog's nets, which start with layer_1.k.weight (atten) "
-            f"or layer_1.weight (linear)"
+            f"belong to the known nets, whose first keys are {firsts}"
         )
     return closest
 
 
 def _torch_to_jax(source: Path, target: Path, arch: str | None) -> int:
     from jax_iris import checkpoint
+    from jax_iris.config import TrainConfig
     from jax_iris.data import load_split
     from jax_iris.report import format_table
     from jax_iris.torch_compat import params_from_state_dict
-    from jax_iris.train import TrainConfig, evaluate
+    from jax_iris.train import evaluate, metrics_dict
 
     state_dict = _read_state_dict(source)
     if arch is None:
@@ -152,9 +155,9 @@ def _torch_to_jax(source: Path, target: Path, arch: str | None) -> int:
 
     # A .pth carries only weights: the config records the arch and the blog's defaults.
     config = TrainConfig(arch=arch)
-    table = evaluate(arch, params, load_split(config.split_seed), config.head)
+    table = evaluate(config, params, load_split(config.split_seed))
     try:
-        checkpoint.save(target, params, config=config, metrics=table)
+        checkpoint.save(target, params, config=config, metrics=metrics_dict(table))
     except checkpoint.CheckpointError as err:
         raise UsageError(str(err)) from None
     print(format_table({arch: table}))
@@ -183,4 +186,4 @@ def _jax_to_torch(source: Path, target: Path) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(convert_command())
+    sys.exit(main())

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from jax_iris.cli import use_host_devices
+from jax_iris import registry
+from jax_iris.cli.common import Parser, UsageError, run_main, use_host_devices
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PEAK_MATMUL_SIZE = 2048
 WARMUP_EPOCHS = 5  # an untimed run first, on both sides
 
@@ -60,15 +61,15 @@ def step_flops(arch: str) -> float:
 
     import jax
 
+    from jax_iris.config import TrainConfig
     from jax_iris.data import load_split
     from jax_iris.models import get_model, init_params
-    from jax_iris.train import TrainState, as_batch, make_optimizer, train_step
+    from jax_iris.train import as_batch, hparams_of, init_state, train_step
 
-    optimizer = make_optimizer(0.005, 1e-3)
-    params = init_params(arch, jax.random.key(0))
-    state = TrainState(params, optimizer.init(params))
-    step = jax.jit(functools.partial(train_step, model=get_model(arch), optimizer=optimizer))
-    cost = step.lower(state, as_batch(load_split().train)).compile().cost_analysis()
+    hparams = hparams_of(TrainConfig(arch=arch))
+    state = init_state(init_params(arch, jax.random.key(0)), hparams)
+    step = jax.jit(functools.partial(train_step, model=get_model(arch)))
+    cost = step.lower(state, as_batch(load_split().train), hparams).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])
 
@@ -77,13 +78,15 @@ def jax_single_seconds(arch: str, epochs: int, repeats: int) -> float:
     """One net, ``epochs`` epochs in one compiled scan, per-epoch metrics kept."""
     import jax
 
+    from jax_iris.config import TrainConfig
     from jax_iris.data import load_split
-    from jax_iris.train import TrainConfig, as_batch, make_train
+    from jax_iris.train import hparams_of, make_train, split_batches
 
-    train = jax.jit(make_train(TrainConfig(arch=arch, epochs=epochs)))
-    key, batch = jax.random.key(0), as_batch(load_split().train)
-    jax.block_until_ready(train(key, batch))
-    return median_seconds(lambda: jax.block_until_ready(train(key, batch)), repeats)
+    config = TrainConfig(arch=arch, epochs=epochs)
+    train = jax.jit(make_train(config))
+    key, batches, hparams = jax.random.key(0), split_batches(load_split()), hparams_of(config)
+    jax.block_until_ready(train(key, batches, hparams))
+    return median_seconds(lambda: jax.block_until_ready(train(key, batches, hparams)), repeats)
 
 
 def torch_single_seconds(arch: str, epochs: int, repeats: int, seeds: int = 1) -> float:
@@ -107,17 +110,19 @@ def jax_sweep_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> float
     """``seeds`` nets in one compiled program (per-epoch histories kept), sharded over devices."""
     import jax
 
+    from jax_iris.config import TrainConfig
     from jax_iris.data import load_split
-    from jax_iris.sweep import compile_sweep, split_batches
-    from jax_iris.train import TrainConfig
+    from jax_iris.sweep import compile_sweep
+    from jax_iris.train import Hparams, split_batches
 
     devices = jax.device_count()
     n = -(-seeds // devices) * devices
     run = compile_sweep(TrainConfig(arch=arch, epochs=epochs), False, True, False, devices)
     keys = jax.vmap(jax.random.key)(np.arange(n, dtype=np.uint32))
     batches = split_batches(load_split())
-    jax.block_until_ready(run(keys, batches))
-    return median_seconds(lambda: jax.block_until_ready(run(keys, batches)), repeats)
+    hparams = Hparams(np.full(n, 0.005, np.float32), np.full(n, 1e-3, np.float32))
+    jax.block_until_ready(run(keys, batches, hparams))
+    return median_seconds(lambda: jax.block_until_ready(run(keys, batches, hparams)), repeats)
 
 
 def torch_ensemble_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> float:
@@ -184,8 +189,8 @@ def _line(label: str, seconds: float, extra: str = "") -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmark.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", choices=("atten", "linear"), default="atten")
+    parser = Parser(prog="benchmark.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", choices=list(registry.blog_archs()), default="atten")
     parser.add_argument("--seeds", type=int, default=200, help="nets in part (b)")
     parser.add_argument("--epochs", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -193,6 +198,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host-devices", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip", nargs="*", default=[], choices=("a", "b", "c"))
     args = parser.parse_args(argv)
+    return run_main("benchmark.py", lambda: run(args))
+
+
+def run(args: argparse.Namespace) -> int:
+    for name in ("seeds", "epochs", "repeats", "serial_seeds", "host_devices"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
     use_host_devices(args.host_devices)
 
     # PyTorch first, before XLA starts its thread pools, so neither side slows the other.

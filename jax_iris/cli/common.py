@@ -1,0 +1,255 @@
+"""What the commands share: flags derived from the configs, checks before work, one-line errors.
+
+Nothing here imports jax at module level, so ``--help`` and every bad-flag error
+answer before jax is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from jax_iris import registry
+from jax_iris.config import ConfigError, TrainConfig
+from jax_iris.quote import clean, clean_path, quote
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+CACHE_ENV = "JAX_IRIS_CACHE_DIR"
+HOST_DEVICES_FLAG = "xla_force_host_platform_device_count"
+
+
+class UsageError(Exception):
+    """A mistake the user can fix on the command line; printed as one line, exit 2."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C, re-raised with what the command had already written (``kept``)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line instead of usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One ``--flag`` per field of the config dataclass ``cls``, typed and defaulted from it.
+
+    A bool field becomes a switch, a tuple field takes one or more values
+    (``nargs`` in its metadata), a field with ``choices`` in its metadata lists them.
+    """
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        meta, default = f.metadata, f.default
+        kwargs: dict[str, Any] = {"default": default, "dest": f.name}
+        if isinstance(default, bool):
+            kwargs["action"] = "store_true"
+            help_default = ""
+        else:
+            sample = default[0] if isinstance(default, tuple) else default
+            kwargs.update(type=type(sample), metavar=f.name.upper())
+            if "nargs" in meta:
+                kwargs.update(nargs=meta["nargs"], default=list(default))
+            if "choices" in meta:
+                kwargs["choices"] = list(meta["choices"]())
+                kwargs.pop("metavar")
+            shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+            help_default = f" (default: {shown})"
+        parser.add_argument(flag_name(f.name), help=meta["help"] + help_default, **kwargs)
+
+
+def add_arch_flag(parser: argparse.ArgumentParser, default: Sequence[str]) -> None:
+    """``--arch NAME [NAME ...]``: registered nets, or ``both`` for the blog's two."""
+    parser.add_argument(
+        "--arch",
+        nargs="+",
+        choices=[*registry.ARCHS, registry.BOTH],
+        default=list(default),
+        help=f"one or more nets; {registry.BOTH!r} means "
+        f"{' and '.join(registry.blog_archs())} (default: {' '.join(default)})",
+    )
+
+
+def build_config(cls: type, values: dict[str, Any]) -> Any:
+    """``cls(**values)``; a bad value becomes a UsageError naming its flag."""
+    try:
+        return cls(**values)
+    except ConfigError as err:
+        raise UsageError(f"{flag_name(err.field)} {err.problem}") from None
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    values = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    values.update(overrides)
+    return build_config(TrainConfig, values)
+
+
+def check_writable_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Fail before any work if ``path`` cannot hold new files (checked by writing one).
+
+    Nothing is created: the test file goes to the nearest folder that exists. A
+    dangling symlink or a name too long for the file system is refused here too.
+    """
+    path = Path(path)
+    shown = clean_path(path)
+    if path.is_symlink() and not path.exists():
+        raise UsageError(
+            f"cannot write to {shown}: it is a dangling symlink; choose another {flag}"
+        )
+    try:
+        existing = path
+        while not existing.exists():
+            if existing.is_symlink():
+                raise UsageError(
+                    f"cannot write to {shown}: {clean_path(existing)} is a dangling symlink;"
+                    f" choose another {flag}"
+                )
+            existing = existing.parent
+        _check_name_lengths(path, existing)
+    except OSError as err:
+        raise UsageError(
+            f"cannot write to {shown} ({_reason(err)}); choose another {flag}"
+        ) from None
+    if not existing.is_dir():
+        raise UsageError(
+            f"cannot write to {shown}: {clean_path(existing)} is not a folder;"
+            f" choose another {flag}"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise UsageError(
+            f"cannot write to {shown} ({_reason(err)}); choose another {flag}"
+        ) from None
+    return path
+
+
+def _check_name_lengths(path: Path, existing: Path) -> None:
+    """Each part still to be created must fit the file system's name limit."""
+    limit = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
+    for part in path.relative_to(existing).parts if path != existing else ():
+        if len(os.fsencode(part)) > limit:
+            raise OSError(36, f"the name {quote(part, 40)} is longer than {limit} bytes")
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def enable_compilation_cache() -> None:
+    """Turn on JAX's persistent compilation cache so a repeated run skips compiling.
+
+    The folder is ``$JAX_IRIS_CACHE_DIR`` or ``~/.cache/jax_iris/xla`` (set the
+    variable to an empty string to disable). The thresholds are lowered so that
+    these small, fast-compiling programs are cached too. A folder that cannot be
+    written disables the cache with one line: a cache is only an optimisation.
+    """
+    import jax
+
+    folder = os.environ.get(CACHE_ENV)
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        folder = str(Path(base) / "jax_iris" / "xla")
+    if not folder:
+        return
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        note(f"compilation cache off ({quote(folder, 120)}: {_reason(err)}); compiling afresh")
+        return
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+
+
+def use_host_devices(count: int) -> None:
+    """Expose the CPU as ``count`` XLA devices, so a sweep's net axis is sharded over cores.
+
+    XLA:CPU runs these small programs on one core; as several host devices the
+    shards run in parallel. It must run before JAX starts its backends, and it
+    leaves an ``XLA_FLAGS`` that already sets the count alone. Accelerators
+    (GPU, TPU) are unaffected: they are the default devices when present.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if count > 1 and HOST_DEVICES_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --{HOST_DEVICES_FLAG}={count}".strip()
+
+
+def one_line(text: str) -> str:
+    """Any message as one line: control characters escaped, long texts cut."""
+    return clean(" ".join(str(text).split()), 1000)
+
+
+def note(message: str) -> None:
+    """A remark on stderr that does not stop the run."""
+    print(one_line(message), file=sys.stderr, flush=True)
+
+
+class _TolerantStream(io.TextIOBase):
+    """stdout that survives a closed pipe (``| head``): later output is dropped, the run goes on."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._closed_pipe = False
+
+    def write(self, text: str) -> int:
+        if not self._closed_pipe:
+            try:
+                self._stream.write(text)
+            except BrokenPipeError:
+                self._closed_pipe = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed_pipe:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._closed_pipe = True
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+
+def run_main(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's body; user mistakes become one line on stderr, Ctrl-C exits 130.
+
+    Output that cannot be encoded is escaped, and a closed stdout pipe does not
+    stop the run, so that printing never loses a result.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    stdout = sys.stdout
+    sys.stdout = _TolerantStream(stdout)
+    try:
+        return body()
+    except UsageError as err:
+        print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
+        return EXIT_USAGE
+    except Interrupted as err:
+        print(f"{prog}: interrupted; {one_line(str(err))}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        sys.stdout = stdout

@@ -1,0 +1,167 @@
+"""``jax-iris sweep`` (``scripts/sweep.py``): many seeds (and learning rates, weight decays)
+per arch and head, with statistics that say which net really wins.
+
+Outputs, all written together at the end (``fileio.commit``): ``sweep.csv`` (one row
+per net), ``summary.json`` (per cell and paired statistics) and ``accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from jax_iris.cli.common import (
+    Interrupted,
+    Parser,
+    UsageError,
+    add_arch_flag,
+    add_config_flags,
+    build_config,
+    check_writable_dir,
+    config_from_args,
+    enable_compilation_cache,
+    run_main,
+    use_host_devices,
+)
+from jax_iris.config import SweepConfig, TrainConfig
+from jax_iris.quote import clean_path
+
+PROG = "sweep.py"
+CSV_NAME = "sweep.csv"
+JSON_NAME = "summary.json"
+PNG_NAME = "accuracy.png"
+
+
+def parser() -> Parser:
+    p = Parser(
+        prog=PROG,
+        description="Train many seeds (x learning rates x weight decays) per arch and head "
+        "in one compiled program each, and compare the nets with statistics.",
+    )
+    add_arch_flag(p, default=SweepConfig.arch)
+    add_config_flags(p, SweepConfig, skip=("arch",))
+    add_config_flags(
+        p, TrainConfig, skip=("arch", "head", "seed", "lr", "weight_decay", "log_every")
+    )
+    p.add_argument(
+        "--out", default="results", help="folder for CSV, JSON and PNG (default: results)"
+    )
+    p.add_argument(
+        "--host-devices",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="on CPU, run the sweep as this many XLA devices (default: %(default)s, one a core)",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    def body() -> int:
+        sweep = build_config(
+            SweepConfig, {name: getattr(args, name) for name in SweepConfig.__dataclass_fields__}
+        )
+        base = config_from_args(args, arch=sweep.arch[0], head=sweep.head[0], seed=0, log_every=1)
+        if not 1 <= args.host_devices <= 1024:
+            raise UsageError(f"--host-devices must be from 1 to 1024, got {args.host_devices}")
+        out = check_writable_dir(args.out, "--out")
+        use_host_devices(args.host_devices)
+        enable_compilation_cache()
+        return run_sweep(sweep, base, out)
+
+    return run_main(PROG, body)
+
+
+def run_sweep(sweep: SweepConfig, base: TrainConfig, out: Path) -> int:
+    import dataclasses
+
+    import jax
+    import numpy as np
+
+    from jax_iris.fileio import commit
+    from jax_iris.progress import Progress
+    from jax_iris.sweep import train_grid
+    from jax_iris.sweep_report import csv_text, format_summary, summarize_grid
+
+    seeds = np.arange(sweep.seeds)
+    split_seeds = seeds if sweep.vary_split else None
+    runs = [(arch, head) for arch in sweep.arch for head in sweep.head]
+    cells = len(sweep.lr) * len(sweep.weight_decay)
+    print(
+        f"devices: {jax.device_count()} x {jax.devices()[0].platform}; {len(runs)} (arch, head)"
+        f" x {cells} cells x {sweep.seeds} seeds = {len(runs) * sweep.nets_per_run:,} nets"
+    )
+    results = {}
+    try:
+        for arch, head in runs:
+            config = dataclasses.replace(base, arch=arch, head=head)
+            per_cell = sweep.seeds
+            with Progress(
+                sweep.nets_per_run,
+                f"{arch}, {head}",
+                "nets",
+                extra=lambda done, k=per_cell, c=cells: f"{done // k}/{c} cells",
+            ) as bar:
+                start = time.perf_counter()
+                result = train_grid(
+                    config,
+                    seeds,
+                    sweep.lr,
+                    sweep.weight_decay,
+                    split_seeds,
+                    chunk_size=sweep.chunk_size,
+                    progress=lambda done, _total: bar.update(done),
+                )
+                seconds = time.perf_counter() - start
+            n = len(result.seeds)
+            print(f"{arch}, {head}: {n:,} nets x {config.epochs} epochs in {seconds:.1f} s")
+            diverged = int(np.sum(~np.isfinite(np.asarray(result.final.train.loss))))
+            if diverged == n:
+                raise UsageError(
+                    f"{arch}, {head}: every net diverged (non-finite loss); try smaller --lr"
+                    " values. Nothing was written"
+                )
+            if diverged:
+                print(f"{arch}, {head}: {diverged} of {n} nets diverged (non-finite loss)")
+            results[(arch, head)] = result
+        summary = summarize_grid(results)
+        summary["sweep"] = sweep.to_dict()
+        print()
+        print(format_summary(summary))
+        files = {
+            out / CSV_NAME: csv_text(results).encode(),
+            out / JSON_NAME: (json.dumps(summary, indent=2) + "\n").encode(),
+        }
+        files.update(figures(results, out))
+    except KeyboardInterrupt:
+        raise Interrupted("nothing was written; earlier files are as they were") from None
+    try:
+        written = commit(files)
+    except OSError as err:
+        raise UsageError(
+            f"cannot write to {clean_path(out)} ({err.strerror or err}); nothing was"
+            " written, earlier files are as they were; choose another --out"
+        ) from None
+    print("\nwrote " + ", ".join(clean_path(p) for p in written))
+    return 0
+
+
+def figures(results: dict, out: Path) -> dict[Path, bytes]:
+    """The sweep's PNGs; none (with one line) when matplotlib is missing."""
+    from jax_iris.plots import INSTALL_HINT, PlotError, require_matplotlib, sweep_histograms
+
+    try:
+        require_matplotlib()
+    except PlotError:
+        print(f"no figures: {INSTALL_HINT}")
+        return {}
+    return {out / PNG_NAME: sweep_histograms(results)}
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""``jax-iris train`` (``scripts/train.py``): train the blog's nets and print its table.
+
+Every output (a checkpoint per net, a TensorBoard event file per net) is computed
+first and then written all together (``fileio.commit``): a failure or Ctrl-C
+leaves every earlier file as it was.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from jax_iris import registry
+from jax_iris.cli.common import (
+    Interrupted,
+    Parser,
+    UsageError,
+    add_arch_flag,
+    add_config_flags,
+    check_writable_dir,
+    config_from_args,
+    enable_compilation_cache,
+    run_main,
+)
+from jax_iris.config import TrainConfig
+from jax_iris.quote import clean_path
+
+PROG = "train.py"
+DEFAULT_CHECKPOINT_DIR = "checkpoints"
+DEFAULT_LOGDIR = "runs"
+
+
+def parser() -> Parser:
+    p = Parser(
+        prog=PROG,
+        description="Train the blog's iris nets in JAX and print its evaluation table.",
+    )
+    add_arch_flag(p, default=["atten"])
+    add_config_flags(p, TrainConfig, skip=("arch",))
+    p.add_argument(
+        "--checkpoint-dir",
+        default=DEFAULT_CHECKPOINT_DIR,
+        help="where <arch>.pkl is written (default: %(default)s)",
+    )
+    p.add_argument(
+        "--logdir",
+        default=DEFAULT_LOGDIR,
+        help="TensorBoard folder; events go to <logdir>/<arch>/ (default: %(default)s)",
+    )
+    p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    def body() -> int:
+        archs = registry.expand_archs(args.arch)
+        configs = [config_from_args(args, arch=arch) for arch in archs]
+        checkpoint_dir = check_writable_dir(args.checkpoint_dir, "--checkpoint-dir")
+        for arch in archs:
+            target = checkpoint_dir / f"{arch}.pkl"
+            if target.is_dir() or (target.is_symlink() and not target.exists()):
+                what = "a folder" if target.is_dir() else "a dangling symlink"
+                raise UsageError(
+                    f"cannot write {clean_path(target)}: it is {what};"
+                    " choose another --checkpoint-dir"
+                )
+        logdir = None
+        if not args.no_tensorboard:
+            logdir = check_writable_dir(args.logdir, "--logdir")
+            for arch in archs:  # events go to <logdir>/<arch>: a file there must fail now
+                check_writable_dir(logdir / arch, "--logdir")
+        enable_compilation_cache()
+        return train_and_save(configs, checkpoint_dir, logdir)
+
+    return run_main(PROG, body)
+
+
+def train_and_save(configs: list[TrainConfig], checkpoint_dir: Path, logdir: Path | None) -> int:
+    """Train each config, print the blog's table, then write every output at once."""
+    import jax
+
+    from jax_iris import checkpoint
+    from jax_iris.fileio import commit
+    from jax_iris.report import event_file_name, format_table, progress_line, tensorboard_events
+    from jax_iris.train import DivergenceError, fit, metrics_dict
+
+    print(f"device: {jax.devices()[0]} ({jax.default_backend()})")
+    results = {}
+    try:
+        for config in configs:
+
+            def progress(epoch: int, loss: float, acc: float, c: TrainConfig = config) -> None:
+                print(progress_line(c.arch, epoch, c.epochs, loss, acc), flush=True)
+
+            try:
+                result = fit(config, progress=progress)
+            except DivergenceError as err:
+                raise UsageError(
+                    f"{config.arch}: {err}; try a smaller --lr (was {config.lr:g})."
+                    " Nothing was written"
+                ) from None
+            print(
+                f"{config.arch:>6}  compile {result.compile_seconds:.2f} s, "
+                f"train {result.train_seconds:.3f} s for {config.epochs} epochs"
+            )
+            results[config.arch] = result
+
+        print()
+        print(format_table({arch: r.final for arch, r in results.items()}))
+        print()
+        files = {}
+        for config in configs:
+            result = results[config.arch]
+            files[checkpoint_dir / f"{config.arch}.pkl"] = checkpoint.encode(
+                result.params,
+                config=config,
+                metrics=metrics_dict(result.final),
+                history=result.history._asdict(),
+            )
+            if logdir is not None:
+                files[logdir / config.arch / event_file_name()] = tensorboard_events(result.history)
+    except KeyboardInterrupt:
+        raise Interrupted("nothing was written; earlier files are as they were") from None
+    try:
+        written = commit(files)
+    except OSError as err:
+        raise UsageError(
+            f"cannot write the outputs ({err.strerror or err}); nothing was written,"
+            " earlier files are as they were"
+        ) from None
+    for path in written:
+        print(f"wrote {clean_path(path)}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

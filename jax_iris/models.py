@@ -24,8 +24,6 @@ import jax.numpy as jnp
 from jax_iris import registry
 from jax_iris.data import NUM_CLASSES, NUM_FEATURES
 
-ARCHS = registry.ARCHS  # transitional alias: the registry is the one definition
-
 Params = Any  # a nested dict of arrays: {"params": {"layer_1": {...}, ...}}
 
 
@@ -58,7 +56,7 @@ class TorchDense(nn.Module):
         init = torch_linear_init(fan_in)
         kernel = self.param("kernel", init, (fan_in, self.features), self.param_dtype)
         bias = self.param("bias", init, (self.features,), self.param_dtype)
-        return x @ kernel + bias
+        return x @ kernel + jnp.reshape(bias, (1,) * (x.ndim - 1) + bias.shape)
 
 
 class ElementwiseAttention(nn.Module):

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from jax_iris.cli.common import Parser, UsageError, run_main
-from jax_iris.quote import quote
+from jax_iris.quote import clean_path
 
 PROG = "evaluate.py"
 
@@ -23,7 +23,7 @@ def column_labels(paths: Sequence[str], archs: Sequence[str]) -> list[str]:
 
     labels = []
     for path, arch in zip(paths, archs):
-        label = registry.label(arch) if archs.count(arch) == 1 else quote(path, 60)
+        label = registry.label(arch) if archs.count(arch) == 1 else clean_path(path, 60)
         labels.append(label)
     seen: dict[str, int] = {}
     for i, label in enumerate(labels):  # the same file given twice

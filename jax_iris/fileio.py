@@ -88,12 +88,18 @@ def commit(files: dict[Path, Content]) -> list[Path]:
 
 @contextlib.contextmanager
 def _sigint_held() -> Iterator[None]:
-    """Delay SIGINT (Ctrl-C) until the block is done; a no-op off the main thread."""
+    """Hold off Ctrl-C until the block is done; a no-op off the main thread.
+
+    A handler that only records the signal, not a signal mask: the mask would
+    cover the main thread alone, and SIGINT can be delivered to any of JAX's
+    threads. A Ctrl-C during the renames lets them finish; the run then completes.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGINT, previous)

@@ -19,8 +19,10 @@ import numpy as np
 from jax_iris import registry
 from jax_iris.checkpoint import flatten_params, unflatten_params
 from jax_iris.models import Params, param_shapes
+from jax_iris.quote import quote
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_WIDENED_TORCH_DTYPES = ("torch.bfloat16", "torch.float16")  # exact in float32
 _TORCH_LEAF = {"kernel": "weight", "bias": "bias"}
 
 
@@ -50,24 +52,59 @@ def infer_arch(keys: Any) -> str | None:
 
 
 def _to_numpy(value: Any) -> np.ndarray:
+    """A tensor or array as numpy, converted only where that is exact.
+
+    A sparse tensor becomes dense, and bfloat16 or float16 becomes float32: float32
+    holds every value of both. A quantized or meta tensor raises ValueError: the first
+    holds integers and a scale (dequantizing is a choice for the user), the second no
+    values at all.
+    """
     if hasattr(value, "detach"):  # a torch tensor, recognised without importing torch
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
+        if getattr(value, "is_meta", False):
+            raise ValueError("is a meta tensor, which holds no values")
+        if getattr(value, "is_quantized", False):
+            raise ValueError(
+                f"is a quantized tensor ({str(value.dtype).removeprefix('torch.')}); "
+                "dequantize it first (tensor.dequantize()) if float weights are what you want"
+            )
+        value = value.detach().cpu()
+        if str(value.layout) != "torch.strided":
+            value = value.to_dense()
+        if str(value.dtype) in _WIDENED_TORCH_DTYPES:
+            value = value.float()
+        try:
+            value = value.numpy()
+        except (TypeError, RuntimeError):
+            dtype = str(value.dtype).removeprefix("torch.")
+            raise ValueError(f"has dtype {dtype}, expected float32 or float64") from None
+    array = np.asarray(value)
+    return array.astype(np.float32) if array.dtype == np.float16 else array
 
 
 def params_from_state_dict(arch: str, state_dict: Mapping[str, Any]) -> Params:
     """A torch ``state_dict`` (tensors or numpy arrays) as ``{"params": {...}}`` numpy arrays.
 
-    Strict, like ``load_state_dict(strict=True)``: float32/float64 values only, and
-    the dtype is kept.
+    Strict, like ``load_state_dict(strict=True)``: float values only. float32 and
+    float64 are kept; bfloat16 and float16 become float32 and sparse tensors dense,
+    both exactly.
 
     Raises:
-        ValueError: naming every missing key, unexpected key, wrong shape or dtype.
+        ValueError: naming every missing key, unexpected key, wrong shape or dtype,
+            non-string key, and quantized or meta tensor.
     """
     expected = torch_shapes(arch)
-    arrays = {name: _to_numpy(value) for name, value in state_dict.items()}
-    problems = [f"missing {name}" for name in expected if name not in arrays]
-    problems += [f"unexpected {name}" for name in arrays if name not in expected]
+    arrays: dict[str, np.ndarray] = {}
+    problems = [f"missing {name}" for name in expected if name not in state_dict]
+    for name, value in state_dict.items():
+        if not isinstance(name, str):
+            problems.append(f"key {quote(name, 40)} ({type(name).__name__}) is not a string")
+        elif name in expected:
+            try:
+                arrays[name] = _to_numpy(value)
+            except ValueError as err:
+                problems.append(f"{name} {err}")
+        else:
+            problems.append(f"unexpected {name}")
     for name, shape in expected.items():
         value = arrays.get(name)
         if value is None:

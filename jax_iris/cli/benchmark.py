@@ -26,11 +26,23 @@ from pathlib import Path
 import numpy as np
 
 from jax_iris import registry
-from jax_iris.cli.common import Parser, UsageError, run_main, use_host_devices
+from jax_iris.cli.common import Parser, UsageError, flag_name, run_main, use_host_devices
+from jax_iris.config import MAX_EPOCHS, MAX_NETS
 
 ROOT = Path(__file__).resolve().parents[2]
 PEAK_MATMUL_SIZE = 2048
 WARMUP_EPOCHS = 5  # an untimed run first, on both sides
+MAX_REPEATS = 1000
+MAX_HOST_DEVICES = 1024
+# Part (b) keeps every net's per-epoch metrics on both sides: 400 MB a float32 series here.
+MAX_SEED_EPOCHS = 100_000_000
+LIMITS = {  # each count runs from 1 to this
+    "seeds": MAX_NETS,
+    "epochs": MAX_EPOCHS,
+    "repeats": MAX_REPEATS,
+    "serial_seeds": MAX_NETS,
+    "host_devices": MAX_HOST_DEVICES,
+}
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:
@@ -191,20 +203,43 @@ def _line(label: str, seconds: float, extra: str = "") -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog="benchmark.py", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=list(registry.blog_archs()), default="atten")
-    parser.add_argument("--seeds", type=int, default=200, help="nets in part (b)")
-    parser.add_argument("--epochs", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--serial-seeds", type=int, default=3, help="seeds timed serially in (b)")
-    parser.add_argument("--host-devices", type=int, default=os.cpu_count() or 1)
+    counts = {
+        "seeds": (200, "nets in part (b)"),
+        "epochs": (1000, "epochs of every training run"),
+        "repeats": (3, "runs per figure, whose median is reported"),
+        "serial_seeds": (3, "seeds timed serially in (b)"),
+        "host_devices": (os.cpu_count() or 1, "on CPU, the JAX sweep's XLA devices"),
+    }
+    for name, (default, text) in counts.items():
+        parser.add_argument(
+            flag_name(name),
+            type=int,
+            default=default,
+            help=f"{text}, 1 to {LIMITS[name]:,} (default: %(default)s)",
+        )
     parser.add_argument("--skip", nargs="*", default=[], choices=("a", "b", "c"))
+    parser.epilog = f"In (b), seeds x epochs is at most {MAX_SEED_EPOCHS:,}."
     args = parser.parse_args(argv)
     return run_main("benchmark.py", lambda: run(args))
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, a count out of range: one line naming its flag."""
+    for name, high in LIMITS.items():
+        value = getattr(args, name)
+        if not 1 <= value <= high:
+            raise UsageError(
+                f"{flag_name(name)} must be an integer from 1 to {high:,}, got {value}"
+            )
+    if "b" not in args.skip and args.seeds * args.epochs > MAX_SEED_EPOCHS:
+        raise UsageError(
+            f"--seeds x --epochs is {args.seeds * args.epochs:,}; part (b) keeps every"
+            f" net's per-epoch metrics, so at most {MAX_SEED_EPOCHS:,} (or --skip b)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
-    for name in ("seeds", "epochs", "repeats", "serial_seeds", "host_devices"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be a positive integer")
+    check_args(args)
     use_host_devices(args.host_devices)
 
     # PyTorch first, before XLA starts its thread pools, so neither side slows the other.

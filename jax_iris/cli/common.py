@@ -7,11 +7,13 @@ answer before jax is loaded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import io
 import os
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -22,7 +24,13 @@ from jax_iris.quote import clean, clean_path, quote
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+NOTHING_WRITTEN = "nothing was written, earlier files are as they were"
 CACHE_ENV = "JAX_IRIS_CACHE_DIR"
+CACHE_ENTRY_SUFFIX = "-cache"  # JAX's file cache: <key>-cache, with <key>-atime beside
+_CACHE_WARNINGS = (  # how JAX words a cache entry it could not read or write
+    "Error reading persistent compilation cache",
+    "Error writing persistent compilation cache",
+)
 HOST_DEVICES_FLAG = "xla_force_host_platform_device_count"
 
 
@@ -157,8 +165,11 @@ def enable_compilation_cache() -> None:
 
     The folder is ``$JAX_IRIS_CACHE_DIR`` or ``~/.cache/jax_iris/xla`` (set the
     variable to an empty string to disable). The thresholds are lowered so that
-    these small, fast-compiling programs are cached too. A folder that cannot be
-    written disables the cache with one line: a cache is only an optimisation.
+    these small, fast-compiling programs are cached too. A cache is only an
+    optimisation, so its problems cost at most one line on stderr and never the run:
+    a folder that cannot be written turns the cache off; empty entries (left by a
+    full disk) are removed first; an entry JAX then fails to read or write is
+    reported once, and an unreadable one is removed so that the next run is clean.
     """
     import jax
 
@@ -172,12 +183,62 @@ def enable_compilation_cache() -> None:
         Path(folder).mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
+        _drop_cache_entries(Path(folder), keep=lambda entry: entry.stat().st_size > 0)
     except OSError as err:
         note(f"compilation cache off ({quote(folder, 120)}: {_reason(err)}); compiling afresh")
         return
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    _cache_warnings_once(Path(folder))
+
+
+def _drop_cache_entries(folder: Path, keep: Callable[[Path], bool]) -> None:
+    """Remove the cache entries that ``keep`` rejects; JAX compiles those programs afresh."""
+    for entry in folder.glob(f"*{CACHE_ENTRY_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            if entry.is_file() and not keep(entry):
+                entry.unlink()
+                key = entry.name.removesuffix(CACHE_ENTRY_SUFFIX)
+                entry.with_name(f"{key}-atime").unlink(missing_ok=True)
+
+
+def _decompresses(entry: Path) -> bool:
+    """Whether JAX can decompress a cache entry (a partly written one cannot be)."""
+    try:
+        from jax._src.compilation_cache import decompress_executable
+    except ImportError:  # JAX moved it: keep every entry
+        return True
+    try:
+        decompress_executable(entry.read_bytes())
+    except Exception:
+        return False
+    return True
+
+
+def _cache_warnings_once(folder: Path) -> None:
+    """JAX warns once per program about a cache entry it cannot read or write (a full
+    disk, a truncated entry): say it in one line, once, and let the run go on."""
+    show = warnings.showwarning
+    said = False
+
+    def showwarning(message, category, filename, lineno, file=None, line=None) -> None:
+        nonlocal said
+        text = str(message)
+        if not text.startswith(_CACHE_WARNINGS):
+            show(message, category, filename, lineno, file, line)
+            return
+        if not said:
+            said = True
+            if text.startswith(_CACHE_WARNINGS[0]):
+                _drop_cache_entries(folder, keep=_decompresses)
+            problem = text.split("': ", 1)[-1]
+            note(
+                f"compilation cache problem in {quote(str(folder), 120)} ({problem});"
+                " compiling afresh where needed"
+            )
+
+    warnings.showwarning = showwarning
 
 
 def use_host_devices(count: int) -> None:
@@ -249,7 +310,10 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
         print(f"{prog}: interrupted; {one_line(str(err))}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
+        print(
+            f"{prog}: interrupted; nothing was written, earlier files are as they were",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     finally:
         sys.stdout = stdout

@@ -9,13 +9,14 @@ from __future__ import annotations
 import pickle
 import re
 import sys
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from jax_iris import registry
-from jax_iris.cli.common import Parser, UsageError, run_main
+from jax_iris.cli.common import Parser, UsageError, note, run_main
 from jax_iris.quote import quote
 
 PROG = "convert.py"
@@ -95,7 +96,9 @@ def _torch_reference() -> ModuleType:
 def _read_state_dict(source: Path) -> Mapping[str, Any]:
     torch_reference = _torch_reference()
     try:
-        loaded = torch_reference.load_state_dict_file(source)
+        with warnings.catch_warnings():  # torch warns about what it loads (quantized tensors)
+            warnings.simplefilter("ignore")
+            loaded = torch_reference.load_state_dict_file(source)
     except pickle.UnpicklingError as err:
         # torch.load(weights_only=True) names a pickled class or function it will not run.
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
@@ -113,6 +116,12 @@ def _read_state_dict(source: Path) -> Mapping[str, Any]:
         raise UsageError(
             f"{source}: holds a {type(loaded).__name__}, not a state_dict of tensors; "
             f"{WHOLE_MODULE_HINT}"
+        )
+    odd = [key for key in loaded if not isinstance(key, str)]
+    if odd:
+        raise UsageError(
+            f"{source}: key {quote(odd[0], 40)} ({type(odd[0]).__name__}) is not a string;"
+            " a state_dict maps parameter names to tensors"
         )
     return loaded
 
@@ -152,6 +161,7 @@ def _torch_to_jax(source: Path, target: Path, arch: str | None) -> int:
         params = params_from_state_dict(arch, state_dict)
     except ValueError as err:
         raise UsageError(f"{source}: {err}") from None
+    params = _as_float32(source, params)
 
     # A .pth carries only weights: the config records the arch and the blog's defaults.
     config = TrainConfig(arch=arch)
@@ -165,6 +175,39 @@ def _torch_to_jax(source: Path, target: Path, arch: str | None) -> int:
     return 0
 
 
+def _as_float32(source: Path, params: Any) -> Any:
+    """float64 params as float32, the dtype jax_iris trains and evaluates in.
+
+    Silent where float32 holds every value exactly; otherwise one line saying how
+    much the rounding moved a weight at most. Values beyond float32's range are refused.
+    """
+    import numpy as np
+
+    from jax_iris.checkpoint import flatten_params, unflatten_params
+
+    flat, change = flatten_params(params), 0.0
+    for name, value in flat.items():
+        if value.dtype != np.float64:
+            continue
+        with np.errstate(over="ignore"):
+            narrow = value.astype(np.float32)
+        if np.any(np.isfinite(value) & ~np.isfinite(narrow)):
+            raise UsageError(
+                f"{source}: {name} holds float64 values beyond float32's range (3.4e38);"
+                " jax_iris trains and evaluates in float32"
+            )
+        finite = np.isfinite(value)
+        moved = np.abs(narrow[finite] - value[finite]) / np.maximum(np.abs(value[finite]), 1e-300)
+        change = max(change, float(np.max(moved, initial=0.0)))
+        flat[name] = narrow
+    if change:
+        note(
+            f"{source}: float64 weights stored as float32, the dtype jax_iris trains and"
+            f" evaluates in (rounded: largest relative change {change:.1e})"
+        )
+    return unflatten_params(flat)
+
+
 def _jax_to_torch(source: Path, target: Path) -> int:
     from jax_iris import checkpoint
     from jax_iris.torch_compat import state_dict_from_params
@@ -173,6 +216,8 @@ def _jax_to_torch(source: Path, target: Path) -> int:
         ckpt = checkpoint.load(source)
     except checkpoint.CheckpointError as err:
         raise UsageError(str(err)) from None
+    if registry.arch_spec(ckpt.arch).torch_module is None:
+        raise UsageError(f"{source}: the {ckpt.arch} net has no PyTorch restatement to write")
     state_dict = state_dict_from_params(ckpt.arch, ckpt.params)
     torch_reference = _torch_reference()
     # Prove the file will load before writing it.

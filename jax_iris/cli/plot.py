@@ -42,6 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             files = run_figures(load_runs(args.runs), out_dir)
         except PlotError as err:
             raise UsageError(str(err)) from None
+        for path in files:  # a rename onto a folder would fail after the first PNG is in place
+            if path.is_dir() and not path.is_symlink():
+                raise UsageError(
+                    f"cannot write {clean_path(path)}: it is a folder; nothing was written,"
+                    " earlier files are as they were; move it or choose another --out"
+                )
         try:
             written = commit(files)
         except OSError as err:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from jax_iris import registry
 from jax_iris.cli.common import (
+    NOTHING_WRITTEN,
     Interrupted,
     Parser,
     UsageError,
@@ -123,7 +124,7 @@ def train_and_save(configs: list[TrainConfig], checkpoint_dir: Path, logdir: Pat
             if logdir is not None:
                 files[logdir / config.arch / event_file_name()] = tensorboard_events(result.history)
     except KeyboardInterrupt:
-        raise Interrupted("nothing was written; earlier files are as they were") from None
+        raise Interrupted(NOTHING_WRITTEN) from None
     try:
         written = commit(files)
     except OSError as err:

@@ -58,7 +58,7 @@ class Run(NamedTuple):
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
     """One ``Run`` per checkpoint file, labelled by its net (by its path if a net repeats)."""
     from jax_iris import checkpoint, registry
-    from jax_iris.quote import quote
+    from jax_iris.quote import clean_path
 
     loaded = []
     for path in paths:
@@ -71,7 +71,7 @@ def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
     for path, ckpt in loaded:
         label = registry.label(ckpt.arch)
         if archs.count(ckpt.arch) > 1:
-            label = f"{label} ({quote(path, 60)})"
+            label = f"{label} ({clean_path(path, 60)})"  # a long path keeps its file name
         runs.append(Run(label, _checked_history(path, ckpt.history), ckpt.config.head))
     return runs
 
@@ -168,4 +168,163 @@ def sweep_histograms(results: Mapping[tuple[str, str], Any]) -> bytes:
         ax.set_ylabel("nets")
         ax.legend()
     fig.suptitle("Final accuracy over initial-weight seeds")
+    return png_bytes(fig)
+
+
+# Grid heatmaps over (learning rate, weight decay), drawn from ``summarize_grid``'s summary.
+GRID_SUCCESS_PNG = "success.png"
+GRID_PAIRED_PNG = "paired_test_accuracy.png"
+
+
+def grid_heatmaps(summary: Mapping[str, Any]) -> dict[str, bytes]:
+    """The grid at a glance: {file name: PNG bytes}, from ``sweep_report.summarize_grid``.
+
+    ``success.png``: one panel per (head, arch), the success rate of every
+    (lr, weight decay) cell with its 95% Wilson interval, all panels on one 0..1
+    colour scale. ``paired_test_accuracy.png`` (when two archs are paired): one panel
+    per head, the mean paired test-accuracy difference with its 95% bootstrap
+    interval, on one diverging scale symmetric about 0; a star marks the cells whose
+    interval excludes 0. The blog's (lr, weight decay), when in the grid, is outlined.
+    """
+    figures = {GRID_SUCCESS_PNG: _success_heatmap(summary)}
+    if summary["paired"]:
+        figures[GRID_PAIRED_PNG] = _paired_heatmap(summary)
+    return figures
+
+
+def _grid_axes(entries: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
+    lrs = sorted({e["lr"] for e in entries})
+    wds = sorted({e["weight_decay"] for e in entries})
+    return lrs, wds
+
+
+def _heatmap_panel(
+    ax: Any,
+    entries: Sequence[Mapping[str, Any]],
+    value: Any,
+    label: Any,
+    axes: tuple[list[float], list[float]],
+    **imshow: Any,
+) -> Any:
+    """One panel: x = learning rate, y = weight decay, each cell coloured and annotated."""
+    from jax_iris.config import TrainConfig
+
+    lrs, wds = axes
+    grid = np.full((len(wds), len(lrs)), np.nan)
+    for e in entries:
+        grid[wds.index(e["weight_decay"]), lrs.index(e["lr"])] = value(e)
+    image = ax.imshow(grid, origin="lower", aspect="auto", **imshow)
+    for e in entries:
+        x, y = lrs.index(e["lr"]), wds.index(e["weight_decay"])
+        r, g, b, _ = image.cmap(image.norm(value(e)))
+        colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+        main, detail = label(e)
+        ax.text(x, y + 0.1, main, ha="center", va="center", fontsize=11, color=colour)
+        ax.text(x, y - 0.22, detail, ha="center", va="center", fontsize=7.5, color=colour)
+    blog = TrainConfig()
+    if blog.lr in lrs and blog.weight_decay in wds:
+        x, y = lrs.index(blog.lr), wds.index(blog.weight_decay)
+        ax.add_patch(_outline(x, y))
+    ax.set_xticks(range(len(lrs)), [f"{v:g}" for v in lrs])
+    ax.set_yticks(range(len(wds)), [f"{v:g}" for v in wds])
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("weight decay")
+    return image
+
+
+def _grid_figure(axes: tuple[list[float], list[float]], rows: int, cols: int) -> Any:
+    """A figure for ``rows`` x ``cols`` heatmap panels, each sized to its cells."""
+    figure_class, canvas_class = require_matplotlib()
+    lrs, wds = axes
+    width = max(3.4, 1.05 * len(lrs) + 1.0)
+    height = max(2.6, 0.8 * len(wds) + 1.1)
+    fig = figure_class(
+        figsize=(cols * width + 1.2, rows * height + 0.7), dpi=110, layout="constrained"
+    )
+    canvas_class(fig)
+    return fig
+
+
+def _suptitle(fig: Any, *lines: str) -> None:
+    """A figure title, each line wrapped to the figure's width."""
+    import textwrap
+
+    chars = int(fig.get_figwidth() * 13)  # about 13 characters an inch at 10 points
+    fig.suptitle("\n".join(textwrap.fill(line, chars) for line in lines), fontsize=10)
+
+
+def _outline(x: int, y: int) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x - 0.48, y - 0.48), 0.96, 0.96, fill=False, edgecolor="black", linewidth=2.5)
+
+
+def _success_heatmap(summary: Mapping[str, Any]) -> bytes:
+    cells = summary["cells"]
+    axes = _grid_axes(cells)
+    heads = list(dict.fromkeys(c["head"] for c in cells))
+    archs = list(dict.fromkeys(c["arch"] for c in cells))
+    fig = _grid_figure(axes, len(heads), len(archs))
+    image = None
+    for row, head in enumerate(heads):
+        for col, arch in enumerate(archs):
+            ax = fig.add_subplot(len(heads), len(archs), row * len(archs) + col + 1)
+            entries = [c for c in cells if c["arch"] == arch and c["head"] == head]
+            image = _heatmap_panel(
+                ax,
+                entries,
+                lambda c: c["success"]["rate"],
+                lambda c: (
+                    f"{c['success']['rate']:.0%}",
+                    f"{c['success']['low']:.0%}-{c['success']['high']:.0%}",
+                ),
+                axes,
+                cmap="viridis",
+                vmin=0.0,
+                vmax=1.0,
+            )
+            ax.set_title(f"{arch}, {head} head")
+    threshold = summary["success_threshold"]
+    fig.colorbar(image, ax=fig.axes, label=f"success rate (train accuracy >= {threshold})")
+    _suptitle(
+        fig,
+        f"Share of nets reaching train accuracy >= {threshold}, {cells[0]['nets']} seeds a cell",
+        "(95% Wilson interval below each rate; outlined: the blog's lr and weight decay)",
+    )
+    return png_bytes(fig)
+
+
+def _paired_heatmap(summary: Mapping[str, Any]) -> bytes:
+    paired = summary["paired"]
+    axes = _grid_axes(paired)
+    panels = list(dict.fromkeys((p["a"], p["b"], p["head"]) for p in paired))
+    limit = max(abs(p[k]) for p in paired for k in ("mean_difference", "low", "high"))
+    limit = max(limit, 0.01)
+    fig = _grid_figure(axes, 1, len(panels))
+    image = None
+    for i, (a, b, head) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        entries = [p for p in paired if (p["a"], p["b"], p["head"]) == (a, b, head)]
+        image = _heatmap_panel(
+            ax,
+            entries,
+            lambda p: p["mean_difference"],
+            lambda p: (
+                f"{p['mean_difference']:+.3f}" + ("*" if p["low"] > 0 or p["high"] < 0 else ""),
+                f"[{p['low']:+.3f}, {p['high']:+.3f}]",
+            ),
+            axes,
+            cmap="RdBu",
+            vmin=-limit,
+            vmax=limit,
+        )
+        ax.set_title(f"{a} - {b}, {head} head")
+    fig.colorbar(image, ax=fig.axes, label="mean difference in test accuracy")
+    _suptitle(
+        fig,
+        f"Paired test accuracy, {paired[0]['a']} minus {paired[0]['b']} on the same"
+        f" {paired[0]['n']} seeds a cell: mean [95% bootstrap interval]",
+        "* interval excludes 0 (one test per cell: expect about 1 in 20 by chance);"
+        " outlined: the blog's lr and weight decay",
+    )
     return png_bytes(fig)

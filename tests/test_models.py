@@ -1,3 +1,5 @@
+"""The blog's nets in Flax: parameter names and shapes, torch's init, the maths of a layer."""
+
 import math
 
 import jax
@@ -6,13 +8,18 @@ import numpy as np
 import pytest
 
 from jax_iris.models import (
-    ARCHS,
     AttentionNet,
     ElementwiseAttention,
+    TorchDense,
     get_model,
     init_params,
     param_shapes,
 )
+from jax_iris.registry import blog_archs
+
+# One compiled program per arch (the one fit uses too) rather than Flax's eager init,
+# which compiles a random draw per parameter shape.
+init = jax.jit(init_params, static_argnums=0)
 
 EXPECTED_SHAPES = {
     "atten": {
@@ -34,29 +41,29 @@ EXPECTED_SHAPES = {
 }
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", blog_archs())
 def test_parameter_names_and_shapes(arch):
     assert param_shapes(arch) == EXPECTED_SHAPES[arch]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", blog_archs())
 def test_output_shape_and_range(arch):
-    params = init_params(arch, jax.random.key(1))
-    out = get_model(arch).apply(params, jnp.ones((7, 4)))
+    params = init(arch, jax.random.key(1))
+    out = jax.jit(get_model(arch).apply)(params, jnp.ones((7, 4)))
     assert out.shape == (7, 3)
     assert bool(((out > 0) & (out < 1)).all())  # the sigmoid head
-    logits = get_model(arch, head="logits").apply(params, jnp.ones((7, 4)))
+    logits = jax.jit(get_model(arch, head="logits").apply)(params, jnp.ones((7, 4)))
     np.testing.assert_allclose(jax.nn.sigmoid(logits), out, rtol=1e-6)
 
 
 def test_init_fills_torch_bounds():
     """Weight and bias both ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as torch nn.Linear."""
-    keys = jax.random.split(jax.random.key(0), 40)
-    batched = jax.jit(jax.vmap(lambda key: init_params("atten", key)))(keys)
-    flat = jax.tree_util.tree_flatten_with_path(batched["params"])[0]
+    draws = [init("atten", jax.random.key(seed)) for seed in range(40)]
+    stacked = jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *draws)
+    flat = jax.tree_util.tree_flatten_with_path(stacked["params"])[0]
     for path, leaf in flat:
         name = "/".join(k.key for k in path)
-        values = np.asarray(leaf).ravel()
+        values = leaf.ravel()
         fan_in = param_shapes("atten")[name.rsplit("/", 1)[0] + "/kernel"][0]
         bound = 1 / math.sqrt(fan_in)
         assert values.min() >= -bound and values.max() <= bound, name
@@ -70,26 +77,48 @@ def test_elementwise_attention_maths():
     x = jax.random.normal(jax.random.key(2), (5, 4))
     layer = ElementwiseAttention(6)
     params = layer.init(jax.random.key(3), x)
-    p = params["params"]
-    k, q, v = (x @ p[n]["kernel"] + p[n]["bias"] for n in "kqv")
-    scores = np.asarray(k * q) / math.sqrt(6)
+    p = jax.tree_util.tree_map(np.asarray, params["params"])
+    k, q, v = (np.asarray(x) @ p[n]["kernel"] + p[n]["bias"] for n in "kqv")
+    scores = k * q / math.sqrt(6)
     gate = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
-    expected = np.maximum(gate * np.asarray(v), 0)
+    expected = np.maximum(gate * v, 0)
     np.testing.assert_allclose(layer.apply(params, x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_net_composition():
-    params = init_params("atten", jax.random.key(4))
+    params = init("atten", jax.random.key(4))
     x = jax.random.normal(jax.random.key(5), (3, 4))
     p = params["params"]
 
     def attend(h, layer):
-        k, q, v = (h @ layer[n]["kernel"] + layer[n]["bias"] for n in "kqv")
+        k, q, v = (h @ layer[n]["kernel"] + layer[n]["bias"][None, :] for n in "kqv")
         return jax.nn.relu(jax.nn.softmax(k * q / math.sqrt(k.shape[1]), axis=1) * v)
 
     h = attend(attend(x, p["layer_1"]), p["layer_2"])
-    expected = jax.nn.sigmoid(h @ p["linear"]["kernel"] + p["linear"]["bias"])
+    expected = jax.nn.sigmoid(h @ p["linear"]["kernel"] + p["linear"]["bias"][None, :])
     np.testing.assert_allclose(AttentionNet().apply(params, x), expected, rtol=1e-6)
+
+
+def test_torch_dense_broadcasts_its_bias_over_any_leading_axes():
+    """Explicitly: the suite runs with rank promotion raising, so an implicit broadcast fails."""
+    x = jax.random.normal(jax.random.key(6), (2, 5, 4))
+    layer = TorchDense(3)
+    params = layer.init(jax.random.key(7), x)
+    p = params["params"]
+    expected = np.einsum("abi,io->abo", np.asarray(x), p["kernel"]) + np.asarray(p["bias"])
+    np.testing.assert_allclose(layer.apply(params, x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_float64_params_stay_float64():
+    with jax.enable_x64(True):
+        params = jax.jit(init_params, static_argnums=(0, 2))(
+            "linear", jax.random.key(0), jnp.float64
+        )
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(params)} == {jnp.dtype(jnp.float64)}
+    # Drawn in float32 first, as torch does: the float64 values are the float32 ones.
+    float32 = init("linear", jax.random.key(0))
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(float32)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b).astype(np.float64))
 
 
 def test_unknown_arch_and_head():

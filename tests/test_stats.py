@@ -1,7 +1,16 @@
+"""The statistics of a sweep: summaries, Wilson intervals, bootstrap intervals, pairs."""
+
 import numpy as np
 import pytest
 
-from jax_iris.stats import paired_comparison, success_rate, summarize, wilson_interval
+from jax_iris.stats import (
+    bootstrap_means,
+    mean_interval,
+    paired_comparison,
+    success_rate,
+    summarize,
+    wilson_interval,
+)
 
 
 def test_summarize():
@@ -52,3 +61,27 @@ def test_paired_comparison_interval_covers_zero_for_noise():
     assert result.low < 0 < result.high
     with pytest.raises(ValueError):
         paired_comparison(a, b[:10])
+
+
+def test_bootstrap_means_resample_with_replacement_in_blocks():
+    values = np.array([0.0, 1.0])
+    means = bootstrap_means(values, resamples=2500, seed=3)  # 2500: three blocks, the last short
+    assert means.shape == (2500,)
+    assert set(np.unique(means)) <= {0.0, 0.5, 1.0}  # each mean is of two draws
+    # With replacement: both extremes occur (about a quarter of the time each).
+    assert 0.2 < np.mean(means == 0.0) < 0.3 and 0.2 < np.mean(means == 1.0) < 0.3
+    np.testing.assert_array_equal(bootstrap_means(values, 2500, seed=3), means)
+
+
+def test_mean_interval_brackets_the_mean_and_narrows_with_n():
+    rng = np.random.default_rng(4)
+    small, large = rng.normal(0.5, 0.1, 25), rng.normal(0.5, 0.1, 2500)
+    a, b = mean_interval(small), mean_interval(large)
+    assert a.mean == pytest.approx(small.mean()) and a.low < a.mean < a.high
+    assert b.low < 0.5 < b.high
+    # The width of a 95% interval of a mean: about 2 * 1.96 * sd / sqrt(n).
+    assert b.high - b.low == pytest.approx(2 * 1.96 * 0.1 / 50, rel=0.15)
+    assert (a.high - a.low) > 5 * (b.high - b.low)
+    np.testing.assert_allclose(mean_interval(np.full(7, 0.8)), 0.8, rtol=1e-12)
+    with pytest.raises(ValueError, match="non-empty 1-D"):
+        mean_interval(np.array([]))

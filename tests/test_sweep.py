@@ -1,128 +1,236 @@
+"""Many nets in one program: net i of a sweep is fit with seed i, chunking and sharding
+change nothing; and what the report makes of diverged and unpaired nets.
+
+(Grids of several learning rates and weight decays, their single compile and their
+statistics against a hand count are in test_grid.)"""
+
+from __future__ import annotations
+
+import functools
 import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from helpers import SHORT_EPOCHS, leaves, run_python
 
-from jax_iris.sweep import train_seeds
-from jax_iris.sweep_command import sweep_command
-from jax_iris.train import TrainConfig, fit
+from jax_iris.config import TrainConfig
+from jax_iris.stats import SUCCESS_ACCURACY
+from jax_iris.sweep import GridResult, train_grid, train_seeds
+from jax_iris.sweep_report import format_summary, summarize_grid
+from jax_iris.train import SPLITS, Metrics, SplitMetrics, fit
 
-ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 40
+SEEDS = [0, 5, 9, 2]
 # Float32 reassociation (a batched matmul sums in another order than a single one)
-# differs by ~1e-8 per step; over EPOCHS steps it stays far below this.
+# differs by ~1e-8 per step; over SHORT_EPOCHS steps it stays far below this.
 SWEEP_VS_FIT_ATOL = 1e-6
+ROWS = {"train": 120, "val": 15, "test": 15}
+SIGMOID_LOSS_FLOOR = 0.5514
 
 
-def _leaves(tree):
-    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+def config_of(arch: str = "linear", **changes) -> TrainConfig:
+    return TrainConfig(arch=arch, epochs=SHORT_EPOCHS, log_every=SHORT_EPOCHS, **changes)
 
 
-@pytest.mark.parametrize("arch", ["atten", "linear"])
+@functools.cache
+def seed_sweep(arch: str) -> GridResult:
+    """Nets of SEEDS, params and histories kept: 4 nets in one chunk."""
+    return train_seeds(config_of(arch), SEEDS, params=True, history=True)
+
+
+def assert_same_nets(a: GridResult, b: GridResult, nets: int) -> None:
+    """The first ``nets`` nets of two sweeps agree: params, histories, final accuracies."""
+    for x, y in zip(leaves(a.params), leaves(b.params)):
+        np.testing.assert_allclose(x[:nets], y[:nets], rtol=0, atol=SWEEP_VS_FIT_ATOL)
+    np.testing.assert_allclose(
+        a.history.loss[:nets], b.history.loss[:nets], rtol=0, atol=SWEEP_VS_FIT_ATOL
+    )
+    np.testing.assert_array_equal(a.history.accuracy[:nets], b.history.accuracy[:nets])
+    for split in SPLITS:
+        np.testing.assert_array_equal(
+            getattr(a.final, split).accuracy[:nets], getattr(b.final, split).accuracy[:nets]
+        )
+
+
+@pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
 def test_net_i_of_a_sweep_is_fit_with_seed_i(arch):
-    config = TrainConfig(arch=arch, epochs=EPOCHS)
-    seeds = [0, 5, 9]
-    sweep = train_seeds(config, seeds, params=True, history=True)
-    for i, seed in enumerate(seeds):
-        single = fit(TrainConfig(arch=arch, epochs=EPOCHS, seed=seed))
-        for a, b in zip(_leaves(single.params), _leaves(sweep.params)):
-            np.testing.assert_allclose(b[i], a, rtol=0, atol=SWEEP_VS_FIT_ATOL)
+    sweep = seed_sweep(arch)
+    for i, seed in enumerate(SEEDS):
+        single = fit(config_of(arch, seed=seed))
+        for fitted, swept in zip(leaves(single.params), leaves(sweep.params)):
+            np.testing.assert_allclose(swept[i], fitted, rtol=0, atol=SWEEP_VS_FIT_ATOL)
         np.testing.assert_array_equal(sweep.history.accuracy[i], single.history.accuracy)
         np.testing.assert_allclose(sweep.history.loss[i], single.history.loss, atol=1e-6)
+        for split in SPLITS:
+            assert getattr(sweep.final, split).accuracy[i] == getattr(single.final, split).accuracy
 
 
-def test_final_metrics_and_shapes():
-    sweep = train_seeds(TrainConfig(arch="linear", epochs=EPOCHS), np.arange(5), history=True)
-    assert set(sweep.final) == {"train", "val", "test"}
-    for split, n in (("train", 120), ("val", 15), ("test", 15)):
-        acc = sweep.final[split]["accuracy"]
-        assert acc.shape == (5,)
-        np.testing.assert_allclose(acc * n, np.round(acc * n), atol=1e-4)  # k / n
-        assert np.all(sweep.final[split]["loss"] > 0.5514)
-    assert sweep.history.loss.shape == (5, EPOCHS)
-    assert sweep.params is None
-    np.testing.assert_array_equal(sweep.split_seeds, [666] * 5)
+def test_a_sweep_records_every_net():
+    sweep = seed_sweep("linear")
+    np.testing.assert_array_equal(sweep.seeds, SEEDS)
+    np.testing.assert_array_equal(sweep.split_seeds, [666] * 4)
+    np.testing.assert_array_equal(sweep.lr, [0.005] * 4)
+    assert not sweep.vary_split and sweep.config.seed == 0
+    assert sweep.history.loss.shape == (4, SHORT_EPOCHS)
+    assert all(leaf.shape[0] == 4 for leaf in leaves(sweep.params))
+    for split, n in ROWS.items():
+        metrics = getattr(sweep.final, split)
+        assert metrics.accuracy.shape == metrics.loss.shape == (4,)
+        np.testing.assert_allclose(metrics.accuracy * n, np.round(metrics.accuracy * n), atol=1e-4)
+        assert np.all(metrics.loss > SIGMOID_LOSS_FLOOR)
 
 
-def test_vary_split_gives_each_net_its_split():
-    config = TrainConfig(arch="linear", epochs=EPOCHS)
-    sweep = train_seeds(config, [1, 2], split_seeds=[7, 8], history=True)
-    for i, (seed, split_seed) in enumerate(((1, 7), (2, 8))):
-        single = fit(TrainConfig(arch="linear", epochs=EPOCHS, seed=seed, split_seed=split_seed))
-        np.testing.assert_allclose(sweep.history.loss[i], single.history.loss, atol=1e-6)
-    shared = train_seeds(config, [1, 2], history=True)
-    assert not np.allclose(shared.history.loss[0], sweep.history.loss[0])
-
-
+@pytest.mark.slow  # a program of its own
 def test_chunks_give_the_same_nets():
-    config = TrainConfig(arch="atten", epochs=EPOCHS)
-    whole = train_seeds(config, np.arange(7), history=True)
-    chunked = train_seeds(config, np.arange(7), history=True, chunk_size=3)
-    np.testing.assert_allclose(chunked.history.loss, whole.history.loss, atol=1e-6)
-    np.testing.assert_array_equal(
-        chunked.final["test"]["accuracy"], whole.final["test"]["accuracy"]
-    )
+    """Three nets in chunks of 2 (the second padded with a repeat) against one chunk."""
+    chunked = train_seeds(config_of(), SEEDS[:3], params=True, history=True, chunk_size=2)
+    assert len(chunked.seeds) == 3
+    assert_same_nets(chunked, seed_sweep("linear"), nets=3)
+
+
+@pytest.mark.slow  # a program of its own
+def test_each_net_can_have_its_own_split():
+    sweep = train_seeds(config_of(), [1, 2], split_seeds=[7, 8], history=True)
+    assert sweep.vary_split
+    np.testing.assert_array_equal(sweep.split_seeds, [7, 8])
+    for i, (seed, split_seed) in enumerate(((1, 7), (2, 8))):
+        single = fit(config_of(seed=seed, split_seed=split_seed))
+        np.testing.assert_allclose(sweep.history.loss[i], single.history.loss, atol=1e-6)
+    on_the_blog_split = fit(config_of(seed=1))
+    assert not np.allclose(sweep.history.loss[0], on_the_blog_split.history.loss)
 
 
 @pytest.mark.parametrize(
     ("seeds", "kwargs", "message"),
     [
-        ([], {}, "non-empty"),
-        ([-1], {}, "from 0"),
+        ([], {}, "seeds must be a non-empty list of integers"),
+        ([0.5], {}, "non-empty list of integers"),
+        ([-1], {}, "from 0 to 4294967295"),
         ([1, 2], {"split_seeds": [3]}, "one entry per seed"),
         ([1], {"chunk_size": 0}, "chunk_size must be positive"),
     ],
 )
-def test_bad_arguments(seeds, kwargs, message):
+def test_bad_arguments_are_refused_before_any_work(seeds, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        train_seeds(TrainConfig(epochs=2), seeds, **kwargs)
+        train_seeds(config_of(), seeds, **kwargs)
 
 
-SHARDED_SCRIPT = textwrap.dedent(
+def test_bad_grid_values_are_refused():
+    with pytest.raises(ValueError, match="lr must be a non-empty list of finite numbers"):
+        train_grid(config_of(), [0], lr=[0.1, float("nan")])
+    with pytest.raises(ValueError, match="weight_decay must be a non-empty list"):
+        train_grid(config_of(), [0], weight_decay=[])
+
+
+SHARDED = textwrap.dedent(
     """
     import json, sys
     import jax, numpy as np
+    from jax_iris.config import TrainConfig
     from jax_iris.sweep import train_seeds
-    from jax_iris.train import TrainConfig
     assert jax.device_count() == 4, jax.devices()
     r = train_seeds(TrainConfig(arch="atten", epochs=30), np.arange(10), history=True)
     json.dump({"devices": jax.device_count(), "loss": r.history.loss.tolist(),
-               "test": r.final["test"]["accuracy"].tolist()}, sys.stdout)
+               "test": r.final.test.accuracy.tolist()}, sys.stdout)
     """
 )
 
 
-def test_sharded_over_four_cpu_devices_equals_unsharded():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    proc = subprocess.run(
-        [sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=600
-    )
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_sharded_over_four_cpu_devices_equals_unsharded(tmp_path):
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    proc = run_python(["-c", SHARDED], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     sharded = json.loads(proc.stdout)
     assert sharded["devices"] == 4
     local = train_seeds(TrainConfig(arch="atten", epochs=30), np.arange(10), history=True)
-    np.testing.assert_allclose(sharded["loss"], local.history.loss, atol=1e-6)
-    np.testing.assert_array_equal(sharded["test"], local.final["test"]["accuracy"])
+    np.testing.assert_allclose(sharded["loss"], local.history.loss, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(sharded["test"], local.final.test.accuracy)
 
 
-def test_sweep_script_writes_csv_json_png(tmp_path, capsys):
-    out = tmp_path / "res"
-    code = sweep_command(["--seeds", "6", "--epochs", "30", "--out", str(out)])
-    assert code == 0
-    printed = capsys.readouterr().out
-    assert "success (train accuracy >= 0.9)" in printed and "paired on the same seeds" in printed
-    rows = (out / "sweep.csv").read_text().splitlines()
-    assert rows[0].startswith("arch,head,seed,split_seed,train_loss,train_accuracy")
-    assert len(rows) == 1 + 2 * 6
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["archs"]) == {"atten", "linear"}
-    assert summary["archs"]["atten"]["nets"] == 6
-    assert summary["paired"]["n"] == 6
-    assert 0 <= summary["archs"]["linear"]["success"]["low"] <= 1
-    assert (out / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+# ---------------------------------------------------------------- the report
+
+
+def grid_of(test_accuracy, train_accuracy=None, seeds=None, lr=0.005, train_loss=None):
+    """A GridResult of one cell with the given per-net final values (no training)."""
+    test_accuracy = np.asarray(test_accuracy, np.float32)
+    n = test_accuracy.size
+    train_accuracy = np.full(n, 0.65, np.float32) if train_accuracy is None else train_accuracy
+    loss = np.full(n, 0.6, np.float32) if train_loss is None else train_loss
+    metrics = Metrics(loss, np.full(n, 0.6, np.float32))
+    seeds = np.arange(n) if seeds is None else np.asarray(seeds)
+    return GridResult(
+        config=config_of(),
+        seeds=seeds,
+        split_seeds=np.full(n, 666),
+        lr=np.full(n, lr),
+        weight_decay=np.full(n, 1e-3),
+        vary_split=False,
+        final=SplitMetrics(
+            Metrics(np.asarray(loss, np.float32), np.asarray(train_accuracy, np.float32)),
+            metrics,
+            Metrics(metrics.loss, test_accuracy),
+        ),
+        history=None,
+        params=None,
+    )
+
+
+def concatenate(first: GridResult, second: GridResult) -> GridResult:
+    """Two cells side by side, as train_grid lays them out."""
+
+    def join(a, b):
+        return np.concatenate([a, b])
+
+    return first._replace(
+        seeds=join(first.seeds, second.seeds),
+        split_seeds=join(first.split_seeds, second.split_seeds),
+        lr=join(first.lr, second.lr),
+        weight_decay=join(first.weight_decay, second.weight_decay),
+        final=jax.tree_util.tree_map(join, first.final, second.final),
+    )
+
+
+def test_summary_counts_successes_and_pairs_the_same_seeds():
+    atten = grid_of([1.0, 0.8, 0.6, 0.6], train_accuracy=[1.0, 0.9, 0.5, 0.5])
+    linear = grid_of([0.8, 0.8, 0.8, 0.6], train_loss=[0.6, np.nan, 0.6, 0.6])
+    summary = summarize_grid({("atten", "sigmoid"): atten, ("linear", "sigmoid"): linear})
+    assert summary["success_threshold"] == SUCCESS_ACCURACY
+    cells = {c["arch"]: c for c in summary["cells"]}
+    assert cells["atten"]["nets"] == 4 and cells["atten"]["split_seed"] == 666
+    assert (cells["atten"]["success"]["successes"], cells["atten"]["success"]["n"]) == (2, 4)
+    assert cells["atten"]["test_accuracy_mean"]["mean"] == pytest.approx(0.75)
+    assert cells["atten"]["accuracy"]["test"]["max"] == 1.0
+    assert (cells["atten"]["diverged"], cells["linear"]["diverged"]) == (0, 1)
+    (paired,) = summary["paired"]
+    assert (paired["a"], paired["b"], paired["n"]) == ("atten", "linear", 4)
+    assert (paired["wins"], paired["ties"], paired["losses"]) == (0.25, 0.5, 0.25)
+    assert paired["mean_difference"] == pytest.approx(0.0, abs=1e-7)
+    assert json.loads(json.dumps(summary)) == summary  # plain JSON data
+
+    text = format_summary(summary)
+    assert "1 diverged" in text
+    assert "atten - linear, head sigmoid, lr 0.005, wd 0.001 (4 pairs): wins 25.0%" in text
+    assert "note:" not in text  # one comparison: no multiple-comparison caveat
+
+
+def test_nets_on_other_seeds_are_not_paired_and_cells_are_kept_apart():
+    atten = concatenate(grid_of([1.0, 0.8]), grid_of([0.6, 0.6], lr=0.05))
+    linear = concatenate(grid_of([0.8, 0.8]), grid_of([0.6, 0.8], lr=0.05))
+    summary = summarize_grid({("atten", "sigmoid"): atten, ("linear", "sigmoid"): linear})
+    assert [(c["arch"], c["lr"], c["nets"]) for c in summary["cells"]] == [
+        ("atten", 0.005, 2),
+        ("atten", 0.05, 2),
+        ("linear", 0.005, 2),
+        ("linear", 0.05, 2),
+    ]
+    assert [p["lr"] for p in summary["paired"]] == [0.005, 0.05]
+    assert "note: each paired interval" in format_summary(summary)
+
+    others = grid_of([0.8, 0.8], seeds=[7, 8])
+    unpaired = summarize_grid(
+        {("atten", "sigmoid"): grid_of([1.0, 0.8]), ("linear", "sigmoid"): others}
+    )
+    assert unpaired["paired"] == []

@@ -1,26 +1,40 @@
+"""The training core: one scan equals the epoch-by-epoch loop, runs are reproducible,
+hyperparameters are data (no recompilation), and evaluation follows the config's head."""
+
+from __future__ import annotations
+
 import dataclasses
 import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import SHORT_EPOCHS, leaves
 
+from jax_iris import checkpoint
+from jax_iris.config import TrainConfig
 from jax_iris.data import load_split
 from jax_iris.models import get_model, init_params
 from jax_iris.train import (
+    SPLITS,
     DivergenceError,
-    TrainConfig,
-    TrainState,
+    Hparams,
     as_batch,
     evaluate,
     fit,
-    make_optimizer,
+    hparams_of,
+    init_state,
+    loss_and_accuracy,
     make_train,
-    run_epochs,
+    metrics_dict,
+    metrics_from_dict,
+    split_batches,
     train_step,
 )
 
-SHORT = 60  # epochs: enough for the loss to move, quick to compile and run
+EPOCHS = SHORT_EPOCHS
+SIGMOID_LOSS_FLOOR = 0.5514  # -log(e / (e + 2)): the least CE of outputs in (0, 1), 3 classes
 
 
 @pytest.fixture(scope="module")
@@ -28,130 +42,146 @@ def split():
     return load_split()
 
 
-def _leaves(params):
-    return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(params)]
+@pytest.fixture(scope="module")
+def batches(split):
+    return split_batches(split)
 
 
-@pytest.mark.parametrize("arch", ["atten", "linear"])
+def config_of(arch: str = "linear", **changes) -> TrainConfig:
+    return TrainConfig(arch=arch, epochs=EPOCHS, log_every=EPOCHS, **changes)
+
+
+@pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
 def test_scan_equals_epoch_by_epoch_loop(arch, split):
     """The fused scan computes exactly what calling train_step once per epoch computes."""
-    config = TrainConfig(arch=arch, epochs=SHORT, log_every=25)
-    model = get_model(arch)
-    optimizer = make_optimizer(config.lr, config.weight_decay)
-    params = init_params(arch, jax.random.key(config.seed))
-    state = TrainState(params, optimizer.init(params))
+    config = config_of(arch)
+    hparams = hparams_of(config)
+    state = init_state(init_params(arch, jax.random.key(config.seed)), hparams)
     batch = as_batch(split.train)
-
-    step = jax.jit(functools.partial(train_step, model=model, optimizer=optimizer))
-    losses = []
-    for _ in range(SHORT):
-        state, metrics = step(state, batch)
-        losses.append(float(metrics.loss))
+    step = jax.jit(functools.partial(train_step, model=get_model(arch)))
+    losses, accuracies = [], []
+    for _ in range(EPOCHS):
+        state, metrics = step(state, batch, hparams)
+        losses.append(metrics.loss)
+        accuracies.append(metrics.accuracy)
 
     result = fit(config, split=split)
-    np.testing.assert_array_equal(result.history.loss, np.asarray(losses, np.float32))
-    for a, b in zip(_leaves(result.params), _leaves(state.params)):
-        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(result.history.loss, np.asarray(losses))
+    np.testing.assert_array_equal(result.history.accuracy, np.asarray(accuracies))
+    for fitted, looped in zip(leaves(result.params), leaves(state.params)):
+        assert fitted.tobytes() == looped.tobytes()
 
 
-def test_fit_history_shape_and_loss_falls(split):
-    result = fit(TrainConfig(arch="atten", epochs=200), split=split)
-    assert result.history.loss.shape == (200,)
-    assert result.history.accuracy.shape == (200,)
-    assert result.history.loss[-1] < result.history.loss[0] - 0.05
-    assert np.all((result.history.accuracy >= 0) & (result.history.accuracy <= 1))
-    assert result.compile_seconds > 0 and result.train_seconds > 0
-
-
-def test_fit_is_deterministic(split):
-    config = TrainConfig(arch="linear", epochs=SHORT, seed=3)
+def test_fit_is_deterministic_and_the_seed_matters(split):
+    config = config_of(seed=3)
     first, second = fit(config, split=split), fit(config, split=split)
-    for a, b in zip(_leaves(first.params), _leaves(second.params)):
+    for a, b in zip(leaves(first.params), leaves(second.params)):
         assert a.tobytes() == b.tobytes()
+    assert first.history.loss.tobytes() == second.history.loss.tobytes()
     other = fit(dataclasses.replace(config, seed=4), split=split)
-    assert not np.array_equal(_leaves(first.params)[0], _leaves(other.params)[0])
+    assert not np.array_equal(leaves(first.params)[0], leaves(other.params)[0])
 
 
-def test_fit_from_given_params(split):
+def test_fit_from_given_params_equals_fit_from_their_seed(split):
     start = init_params("linear", jax.random.key(11))
-    from_params = fit(TrainConfig(arch="linear", epochs=SHORT, seed=0), init_params=start)
-    from_seed = fit(TrainConfig(arch="linear", epochs=SHORT, seed=11), split=split)
+    from_params = fit(config_of(seed=0), init_params=start, split=split)
+    from_seed = fit(config_of(seed=11), split=split)
     np.testing.assert_array_equal(from_params.history.loss, from_seed.history.loss)
 
 
-def test_progress_is_reported_every_log_every(split):
+def test_progress_every_log_every_and_history_across_chunks(split):
+    """Chunks of 8, 8 and 4 epochs: progress after each, one history of 20 epochs, the same
+    numbers as a single chunk."""
     seen = []
-    fit(
-        TrainConfig(arch="linear", epochs=SHORT, log_every=25),
+    chunked = fit(
+        TrainConfig(arch="linear", epochs=EPOCHS, log_every=8),
         split=split,
         progress=lambda epoch, loss, acc: seen.append((epoch, loss, acc)),
     )
-    assert [epoch for epoch, _, _ in seen] == [25, 50, 60]
-    assert all(np.isfinite(loss) and 0 <= acc <= 1 for _, loss, acc in seen)
+    assert [epoch for epoch, _, _ in seen] == [8, 16, 20]
+    for epoch, loss, acc in seen:
+        assert loss == chunked.history.loss[epoch - 1]
+        assert acc == chunked.history.accuracy[epoch - 1]
+    whole = fit(config_of(), split=split)
+    np.testing.assert_array_equal(chunked.history.loss, whole.history.loss)
+    assert chunked.history.loss.dtype == np.float32
+    assert chunked.compile_seconds > 0 and chunked.train_seconds > 0
 
 
-def test_make_train_is_the_same_computation(split):
-    config = TrainConfig(arch="atten", epochs=SHORT)
-    params, history = jax.jit(make_train(config))(jax.random.key(0), as_batch(split.train))
+@functools.cache
+def jitted_train(arch: str):
+    """``jax.jit(make_train(config))`` and the list it appends to each time it is traced."""
+    train, traces = make_train(config_of(arch)), []
+
+    def counted(key, batches, hparams):
+        traces.append(hparams)
+        return train(key, batches, hparams)
+
+    return jax.jit(counted), traces
+
+
+@pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
+def test_make_train_is_the_computation_fit_runs(arch, split, batches):
+    config = config_of(arch)
+    train, _ = jitted_train(arch)
+    out = train(jax.random.key(0), batches, hparams_of(config))
     result = fit(config, split=split)
-    np.testing.assert_allclose(history.loss, result.history.loss, rtol=1e-6)
-    for a, b in zip(_leaves(params), _leaves(result.params)):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+    np.testing.assert_allclose(out.history.loss, result.history.loss, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(out.history.accuracy, result.history.accuracy)
+    for traced, fitted in zip(leaves(out.params), leaves(result.params)):
+        np.testing.assert_allclose(traced, fitted, rtol=0, atol=1e-6)
+    for split_name in SPLITS:
+        mine, theirs = getattr(out.final, split_name), getattr(result.final, split_name)
+        assert float(mine.accuracy) == theirs.accuracy
+        assert float(mine.loss) == pytest.approx(theirs.loss, abs=1e-6)
 
 
-def test_divergence_is_detected(split):
-    with pytest.raises(DivergenceError, match="diverged"):
-        fit(TrainConfig(arch="atten", epochs=30, lr=1e30, log_every=10), split=split)
+def test_hyperparameters_are_traced_not_compiled_in(batches):
+    """New learning rates and weight decays reuse the one compiled program, and they are
+    really used: each gives another result."""
+    train, traces = jitted_train("linear")
+    runs = [
+        train(jax.random.key(0), batches, Hparams(jnp.float32(lr), jnp.float32(wd)))
+        for lr, wd in [(0.005, 1e-3), (0.05, 1e-3), (0.005, 0.5)]
+    ]
+    assert len(traces) == 1 and train._cache_size() == 1
+    losses = [np.asarray(out.history.loss) for out in runs]
+    assert not np.array_equal(losses[0], losses[1])  # lr is read
+    assert not np.array_equal(losses[0], losses[2])  # weight decay is read
+    assert losses[0][0] == losses[1][0]  # same start, same loss before the first update
 
 
-def test_evaluate_table(split):
-    result = fit(TrainConfig(arch="linear", epochs=SHORT), split=split)
-    table = evaluate("linear", result.params, split)
-    assert set(table) == {"train", "val", "test"}
-    for name, row in table.items():
-        n = len(getattr(split, name).y)
-        assert set(row) == {"loss", "accuracy"}
-        assert row["loss"] > 0.5514  # softmax-CE of sigmoid outputs cannot go lower
-        assert round(row["accuracy"] * n) == pytest.approx(row["accuracy"] * n, abs=1e-4)
-    assert table["train"]["loss"] == pytest.approx(result.history.loss[-1], abs=5e-3)
+def test_divergence_is_detected_with_its_epoch(split):
+    with pytest.raises(DivergenceError, match=r"training diverged: .* epoch \d+"):
+        fit(config_of("linear", lr=1e30), split=split)
 
 
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"arch": "mlp"}, "arch must be one of atten, linear"),
-        ({"epochs": 0}, "epochs must be a positive integer"),
-        ({"epochs": -5}, "epochs must be a positive integer"),
-        ({"epochs": 2.5}, "epochs must be a positive integer"),
-        ({"lr": float("nan")}, "lr must be a finite number > 0"),
-        ({"lr": float("inf")}, "lr must be a finite number > 0"),
-        ({"lr": 0.0}, "lr must be a finite number > 0"),
-        ({"weight_decay": -1.0}, "weight_decay must be a finite number >= 0"),
-        ({"seed": -1}, "seed must be an integer from 0"),
-        ({"split_seed": 2**32}, "split_seed must be an integer from 0"),
-        ({"log_every": 0}, "log_every must be a positive integer"),
-        ({"head": "tanh"}, "head must be one of sigmoid, logits"),
-    ],
-)
-def test_config_validates_itself(changes, message):
-    with pytest.raises(ValueError, match=message):
-        TrainConfig(**changes)
+def test_evaluate_gives_the_final_table(split):
+    result = fit(config_of(), split=split)
+    table = evaluate(config_of(), result.params, split)
+    assert table == result.final
+    assert table.train.loss == pytest.approx(result.history.loss[-1], abs=5e-3)
+    for split_name in SPLITS:
+        metrics = getattr(table, split_name)
+        rows = len(getattr(split, split_name).y)
+        assert metrics.loss > SIGMOID_LOSS_FLOOR
+        correct = metrics.accuracy * rows
+        assert correct == pytest.approx(round(correct), abs=1e-4)  # a count of rows
+    assert metrics_from_dict(metrics_dict(table)) == table
 
 
-def test_config_round_trips_through_dict():
-    config = TrainConfig(arch="linear", epochs=7, lr=0.01, head="logits")
-    assert TrainConfig.from_dict(config.to_dict()) == config
-    with pytest.raises(ValueError, match="unknown config fields: colour"):
-        TrainConfig.from_dict({**config.to_dict(), "colour": "red"})
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        config.epochs = 3
+def test_evaluate_uses_the_configs_head(split, tmp_path):
+    """A net trained with the logits head is evaluated with it: the loss of the raw outputs,
+    not of their sigmoid (a checkpoint carries the head in its config)."""
+    config = config_of("linear", head="logits")
+    result = fit(config, split=split)
+    path = checkpoint.save(tmp_path / "logits.pkl", result.params, config=config)
+    loaded = checkpoint.load(path)
+    table = evaluate(loaded.config, loaded.params, split)
+    assert table == result.final
 
-
-def test_run_epochs_stacks_metrics(split):
-    model, optimizer = get_model("linear"), make_optimizer(0.005, 1e-3)
-    params = init_params("linear", jax.random.key(0))
-    state = TrainState(params, optimizer.init(params))
-    _, metrics = jax.jit(
-        functools.partial(run_epochs, num_epochs=5, model=model, optimizer=optimizer)
-    )(state, as_batch(split.train))
-    assert metrics.loss.shape == (5,) and metrics.accuracy.shape == (5,)
+    x, y = jnp.asarray(split.val.x), jnp.asarray(split.val.y)
+    logits = get_model("linear", "logits").apply(result.params, x)
+    assert table.val.loss == pytest.approx(float(loss_and_accuracy(logits, y).loss), abs=1e-6)
+    as_sigmoid = evaluate(dataclasses.replace(config, head="sigmoid"), result.params, split)
+    assert abs(as_sigmoid.val.loss - table.val.loss) > 1e-3

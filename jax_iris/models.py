@@ -139,9 +139,14 @@ def init_params(arch: str, key: jax.Array, dtype: Any = jnp.float32) -> Params:
     return jax.tree_util.tree_map(lambda p: p.astype(dtype), params)
 
 
-@functools.cache
 def param_shapes(arch: str) -> dict[str, tuple[int, ...]]:
     """``{"layer_1/k/kernel": (4, 10), ...}``: every leaf's path and shape for ``arch``."""
-    shapes = jax.eval_shape(functools.partial(init_params, arch), jax.random.key(0))
+    return _param_shapes(registry.arch_spec(arch))
+
+
+@functools.cache
+def _param_shapes(spec: registry.ArchSpec) -> dict[str, tuple[int, ...]]:
+    # Cached on the registry entry, not the name: a name registered again gets its own.
+    shapes = jax.eval_shape(functools.partial(init_params, spec.name), jax.random.key(0))
     flat = jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
     return {"/".join(k.key for k in path): leaf.shape for path, leaf in flat}

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jax_iris import registry
 from jax_iris.config import TrainConfig
 from jax_iris.data import Dataset, Split, load_split
 from jax_iris.models import Params, get_model, init_params
@@ -240,7 +241,7 @@ def fit(
     split = split if split is not None else load_split(config.split_seed)
     model = get_model(config.arch, config.head)
     if init_params is None:
-        params = _init_jit(config.arch, as_key(config.seed))
+        params = _init_jit(registry.arch_spec(config.arch), as_key(config.seed))
     else:
         params = jax.tree_util.tree_map(jnp.asarray, init_params)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
@@ -267,20 +268,28 @@ def fit(
         done += n
         if progress is not None:
             progress(done, float(metrics.loss[-1]), float(metrics.accuracy[-1]))
-    final = _metrics_jit(config.arch, config.head, state.params, batches)
+    final = _metrics_jit(registry.arch_spec(config.arch), config.head, state.params, batches)
     train_seconds = time.perf_counter() - start
 
     history = Metrics(*(np.concatenate([np.asarray(c[i]) for c in chunks]) for i in range(2)))
     return TrainResult(state.params, history, to_host(final), compile_seconds, train_seconds)
 
 
-_init_jit = jax.jit(init_params, static_argnums=0)
+# The compiled helpers below are cached on the registry entry (an ArchSpec), not the
+# arch's name, so a name registered again with another module is compiled afresh.
+@functools.partial(jax.jit, static_argnums=0)
+def _init_jit(spec: registry.ArchSpec, key: jax.Array) -> Params:
+    return init_params(spec.name, key)
+
+
 _init_state_jit = jax.jit(init_state)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _metrics_jit(arch: str, head: str, params: Params, batches: SplitBatches) -> SplitMetrics:
-    return split_metrics(params, batches, get_model(arch, head))
+def _metrics_jit(
+    spec: registry.ArchSpec, head: str, params: Params, batches: SplitBatches
+) -> SplitMetrics:
+    return split_metrics(params, batches, get_model(spec.name, head))
 
 
 def to_host(metrics: SplitMetrics) -> SplitMetrics:
@@ -295,7 +304,8 @@ def evaluate(config: TrainConfig, params: Params, split: Split | None = None) ->
     """
     split = split if split is not None else load_split(config.split_seed)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    return to_host(_metrics_jit(config.arch, config.head, params, split_batches(split, dtype)))
+    spec = registry.arch_spec(config.arch)
+    return to_host(_metrics_jit(spec, config.head, params, split_batches(split, dtype)))
 
 
 def metrics_dict(metrics: SplitMetrics) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import tempfile
@@ -61,6 +62,9 @@ def commit(files: dict[Path, Content]) -> list[Path]:
     renames. An error or Ctrl-C while staging removes the temporaries and leaves
     every target as it was. Folders are created as needed.
     """
+    for path in files:  # a rename onto a folder would fail only after earlier renames
+        if Path(path).is_dir():
+            raise IsADirectoryError(errno.EISDIR, "a folder is in the way", str(path))
     staged: list[tuple[str, Path]] = []
     try:
         for path, content in files.items():

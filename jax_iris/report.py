@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,16 +60,22 @@ def _tensorboardx() -> tuple[type, type]:
     tensorboardX imports torch, when it is installed, only to accept torch tensors;
     we hand it Python floats. Hiding torch during the import saves seconds of start-up.
     """
+    with _torch_hidden():
+        from tensorboardX import FileWriter
+        from tensorboardX.proto.summary_pb2 import Summary
+    return FileWriter, Summary
+
+
+@contextlib.contextmanager
+def _torch_hidden() -> Iterator[None]:
     hide = "torch" not in sys.modules
     if hide:
         sys.modules["torch"] = None  # makes "import torch" raise ImportError
     try:
-        from tensorboardX import FileWriter
-        from tensorboardX.proto.summary_pb2 import Summary
+        yield
     finally:
         if hide:
             del sys.modules["torch"]
-    return FileWriter, Summary
 
 
 def tensorboard_events(history: Any) -> bytes:
@@ -93,10 +100,113 @@ def tensorboard_events(history: Any) -> bytes:
                 writer.add_summary(Summary(value=values), step)
         finally:
             writer.close()
-        (event_file,) = Path(folder).iterdir()
-        return event_file.read_bytes()
+        return _event_file_bytes(folder)
+
+
+def _event_file_bytes(folder: str) -> bytes:
+    (event_file,) = Path(folder).iterdir()
+    return event_file.read_bytes()
 
 
 def event_file_name() -> str:
     """A name TensorBoard reads as an event file, unique to this run."""
     return f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{uuid.uuid4().hex}"
+
+
+# TensorBoard HParams for a grid: one run per cell, plus the experiment at the top level.
+HPARAMS = ("arch", "head", "lr", "weight_decay", "epochs")
+HPARAMS_METRICS = {  # tag -> its description in the experiment summary
+    "cell/success_rate": "share of nets with train accuracy >= the success threshold",
+    "cell/train_accuracy": "mean final train accuracy",
+    "cell/val_accuracy": "mean final validation accuracy",
+    "cell/test_accuracy": "mean final test accuracy",
+}
+HPARAMS_EVENTS_NAME = "events.out.tfevents.grid"  # fixed, so a rerun replaces, never doubles
+
+
+def cell_run_name(cell: Mapping[str, Any]) -> str:
+    """A cell's TensorBoard run: ``<arch>_<head>_lr<lr>_wd<weight decay>``."""
+    return f"{cell['arch']}_{cell['head']}_lr{cell['lr']:g}_wd{cell['weight_decay']:g}"
+
+
+def cell_hparams(cell: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: cell[name] for name in HPARAMS}
+
+
+def cell_metrics(cell: Mapping[str, Any]) -> dict[str, float]:
+    """The scalars a cell's run logs, from ``sweep_report.summarize_grid``'s cell."""
+    return {
+        "cell/success_rate": cell["success"]["rate"],
+        **{f"cell/{split}_accuracy": cell["accuracy"][split]["mean"] for split in SPLIT_LABELS},
+    }
+
+
+def hparams_events(cells: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
+    """A grid as TensorBoard HParams runs: {run name: one event file's bytes}.
+
+    ``cells`` are ``summarize_grid(...)["cells"]``. Each cell becomes the run
+    ``cell_run_name(cell)``: its hyperparameters (tensorboardX ``hparams``' session
+    start and end, status success) and the ``HPARAMS_METRICS`` scalars at step
+    ``epochs``. The run ``""`` (the log folder itself) holds the one experiment
+    summary: every hyperparameter with its discrete domain (the values of the grid),
+    so the dashboard can filter and sort, and every metric. TensorBoard reads the
+    experiment from whichever run carries it and expects just one, so the cell runs
+    carry none. As ``tensorboard_events``, nothing is written where the caller sees it.
+    """
+    FileWriter, Summary = _tensorboardx()
+    with _torch_hidden():
+        from tensorboardX.summary import hparams
+
+    files = {"": _summaries_bytes(FileWriter, [(_experiment(cells, Summary), 0)])}
+    for cell in cells:
+        metrics = cell_metrics(cell)
+        _, start, end = hparams(cell_hparams(cell), metrics)
+        scalars = Summary(
+            value=[Summary.Value(tag=tag, simple_value=value) for tag, value in metrics.items()]
+        )
+        files[cell_run_name(cell)] = _summaries_bytes(
+            FileWriter, [(start, 0), (scalars, cell["epochs"]), (end, cell["epochs"])]
+        )
+    return files
+
+
+def _experiment(cells: Sequence[Mapping[str, Any]], Summary: type) -> Any:
+    """tensorboardX's experiment summary, with the grid's values as each domain."""
+    from google.protobuf.struct_pb2 import ListValue
+    from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
+    from tensorboardX.proto.summary_pb2 import SummaryMetadata
+
+    infos = []
+    for name in HPARAMS:
+        values = list(dict.fromkeys(cell[name] for cell in cells))
+        is_text = all(isinstance(v, str) for v in values)
+        domain = ListValue()
+        domain.extend(values if is_text else sorted(float(v) for v in values))
+        kind = "DATA_TYPE_STRING" if is_text else "DATA_TYPE_FLOAT64"
+        infos.append(HParamInfo(name=name, type=DataType.Value(kind), domain_discrete=domain))
+    metrics = [
+        MetricInfo(name=MetricName(tag=tag), description=text)
+        for tag, text in HPARAMS_METRICS.items()
+    ]
+    content = HParamsPluginData(
+        experiment=Experiment(hparam_infos=infos, metric_infos=metrics), version=0
+    )
+    metadata = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(
+            plugin_name="hparams", content=content.SerializeToString()
+        )
+    )
+    return Summary(value=[Summary.Value(tag="_hparams_/experiment", metadata=metadata)])
+
+
+def _summaries_bytes(FileWriter: type, summaries: Sequence[tuple[Any, int]]) -> bytes:
+    """``(summary, step)`` pairs as one event file's bytes, built in a private folder."""
+    with tempfile.TemporaryDirectory(prefix="jax_iris_events_") as folder:
+        writer = FileWriter(folder)
+        try:
+            for summary, step in summaries:
+                writer.add_summary(summary, step)
+        finally:
+            writer.close()
+        return _event_file_bytes(folder)

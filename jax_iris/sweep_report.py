@@ -114,7 +114,9 @@ def paired_cells(results: Results) -> list[dict[str, Any]]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    """The summary as a table: one line per cell, then one per paired comparison."""
+    """The summary as text: a seed sweep line by line, a grid as (lr x weight decay) tables."""
+    if len({(c["lr"], c["weight_decay"]) for c in summary["cells"]}) > 1:
+        return format_grid(summary)
     threshold = summary["success_threshold"]
     lines = [
         f"{'arch':<8}{'head':<9}{'lr':>8}{'wd':>8}{'nets':>7}"
@@ -170,3 +172,59 @@ def csv_text(results: Results) -> str:
                 + [int(success[i])]
             )
     return buffer.getvalue()
+
+
+def format_grid(summary: dict[str, Any]) -> str:
+    """A grid as tables, weight decays down and learning rates across.
+
+    Per (arch, head): success rate / mean test accuracy of each cell. Per paired
+    (head, a, b): the mean test-accuracy difference a - b with its 95% interval, a
+    star where the interval excludes 0. Intervals of the cells are in the JSON.
+    """
+    cells, paired = summary["cells"], summary["paired"]
+    lrs = sorted({c["lr"] for c in cells})
+    wds = sorted({c["weight_decay"] for c in cells})
+
+    def table(title: str, entries: list[dict[str, Any]], text: Any, width: int) -> list[str]:
+        by_cell = {(e["lr"], e["weight_decay"]): e for e in entries}
+        rows = [title, "wd \\ lr".rjust(8) + "".join(f"{lr:>{width}g}" for lr in lrs)]
+        for wd in wds:
+            row = [text(by_cell[(lr, wd)]) if (lr, wd) in by_cell else "-" for lr in lrs]
+            rows.append(f"{wd:>8g}" + "".join(f"{t:>{width}}" for t in row))
+        return rows
+
+    lines = []
+    for arch, head in dict.fromkeys((c["arch"], c["head"]) for c in cells):
+        entries = [c for c in cells if (c["arch"], c["head"]) == (arch, head)]
+        title = (
+            f"{arch}, {head}: success (train accuracy >= {summary['success_threshold']})"
+            f" / mean test accuracy, {entries[0]['nets']} nets a cell"
+        )
+        lines += table(
+            title,
+            entries,
+            lambda c: f"{c['success']['rate']:.1%} / {c['test_accuracy_mean']['mean']:.3f}",
+            17,
+        )
+        diverged = [c for c in entries if c["diverged"]]
+        for c in diverged:
+            lines.append(
+                f"  lr {c['lr']:g}, wd {c['weight_decay']:g}: {c['diverged']} nets diverged"
+            )
+        lines.append("")
+    for a, b, head in dict.fromkeys((p["a"], p["b"], p["head"]) for p in paired):
+        entries = [p for p in paired if (p["a"], p["b"], p["head"]) == (a, b, head)]
+        title = (
+            f"{a} - {b}, {head}: mean paired test-accuracy difference [95% CI],"
+            f" {entries[0]['n']} pairs a cell (* the CI excludes 0)"
+        )
+        lines += table(title, entries, _paired_text, 26)
+        lines.append("")
+    if paired:
+        lines.append(f"note: {summary['caveat']}")
+    return "\n".join(lines).rstrip("\n")
+
+
+def _paired_text(p: dict[str, Any]) -> str:
+    star = "*" if p["low"] > 0 or p["high"] < 0 else " "
+    return f"{p['mean_difference']:+.3f}{star}[{p['low']:+.3f},{p['high']:+.3f}]"

@@ -112,7 +112,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, out: Path, tensorboard: boo
 
     from jax_iris.fileio import commit
     from jax_iris.progress import Progress
-    from jax_iris.sweep import train_grid
+    from jax_iris.sweep import DEFAULT_GROUP_SIZE, train_grid
     from jax_iris.sweep_report import csv_text, format_summary, summarize_grid
 
     seeds = np.arange(sweep.seeds)
@@ -142,6 +142,7 @@ def run_sweep(sweep: SweepConfig, base: TrainConfig, out: Path, tensorboard: boo
                     sweep.weight_decay,
                     split_seeds,
                     chunk_size=sweep.chunk_size,
+                    group_size=sweep.group_size or DEFAULT_GROUP_SIZE,
                     progress=lambda done, _total: bar.update(done),
                 )
                 seconds = time.perf_counter() - start

@@ -193,6 +193,7 @@ def param_shapes(arch: str) -> dict[str, tuple[int, ...]]:
 @functools.cache
 def _param_shapes(spec: registry.ArchSpec) -> dict[str, tuple[int, ...]]:
     # Cached on the registry entry, not the name: a name registered again gets its own.
-    shapes = jax.eval_shape(functools.partial(init_params, spec.name), jax.random.key(0))
+    # The key is made inside the traced function: nothing is compiled or run.
+    shapes = jax.eval_shape(lambda: init_params(spec.name, jax.random.key(0)))
     flat = jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
     return {"/".join(k.key for k in path): leaf.shape for path, leaf in flat}

@@ -104,7 +104,8 @@ def make_optimizer(hparams: Hparams) -> optax.GradientTransformation:
 
 
 def hparams_of(config: TrainConfig, dtype: Any = jnp.float32) -> Hparams:
-    return Hparams(jnp.asarray(config.lr, dtype), jnp.asarray(config.weight_decay, dtype))
+    """The config's lr and weight decay as arrays (numpy: nothing is compiled to make them)."""
+    return Hparams(np.asarray(config.lr, dtype), np.asarray(config.weight_decay, dtype))
 
 
 def loss_and_accuracy(outputs: jax.Array, labels: jax.Array) -> Metrics:
@@ -184,7 +185,8 @@ def as_key(seed: int | jax.Array) -> jax.Array:
 
 
 def as_batch(data: Dataset, dtype: Any = jnp.float32) -> Batch:
-    return Batch(jnp.asarray(data.x, dtype), jnp.asarray(data.y, jnp.int32))
+    """Rows as arrays of ``dtype`` (numpy; they move to the device with the first call)."""
+    return Batch(np.asarray(data.x, dtype), np.asarray(data.y, np.int32))
 
 
 def split_batches(split: Split, dtype: Any = jnp.float32) -> SplitBatches:
@@ -197,13 +199,17 @@ def chunk_lengths(epochs: int, log_every: int) -> list[int]:
 
 
 def _run_chunk(
-    state: TrainState, batch: Batch, hparams: Hparams, num_epochs: int, model: Any
-) -> tuple[TrainState, Metrics, jax.Array]:
-    """``run_epochs`` plus one flag: are all parameters still finite? (checked on device)."""
-    state, metrics = run_epochs(state, batch, hparams, num_epochs, model)
+    state: TrainState, batches: SplitBatches, hparams: Hparams, num_epochs: int, model: Any
+) -> tuple[TrainState, Metrics, jax.Array, SplitMetrics]:
+    """``run_epochs`` on the train split, then two things ``fit`` needs without another program:
+
+    a flag saying whether every parameter is still finite (checked on device), and
+    the metrics on every split after the chunk (the final table, after the last).
+    """
+    state, metrics = run_epochs(state, batches.train, hparams, num_epochs, model)
     leaves = jax.tree_util.tree_leaves(state.params)
     finite = jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves]).all()
-    return state, metrics, finite
+    return state, metrics, finite, split_metrics(state.params, batches, model)
 
 
 def _check_finite(metrics: Metrics, params_finite: bool, epoch_offset: int) -> None:
@@ -240,35 +246,41 @@ def fit(
     """
     split = split if split is not None else load_split(config.split_seed)
     model = get_model(config.arch, config.head)
+    start = time.perf_counter()
     if init_params is None:
-        params = _init_jit(registry.arch_spec(config.arch), as_key(config.seed))
+        dtype = jnp.float32
+        hparams = hparams_of(config, dtype)
+        start_args = (np.uint32(config.seed), hparams)
+        lowered_start = _start_jit.lower(registry.arch_spec(config.arch), *start_args)
     else:
         params = jax.tree_util.tree_map(jnp.asarray, init_params)
-    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        dtype = jax.tree_util.tree_leaves(params)[0].dtype
+        hparams = hparams_of(config, dtype)
+        start_args = (params, hparams)
+        lowered_start = _init_state_jit.lower(*start_args)
     batches = split_batches(split, dtype)
-    hparams = hparams_of(config, dtype)
-    state = _init_state_jit(params, hparams)
-
-    start = time.perf_counter()
     lengths = chunk_lengths(config.epochs, config.log_every)
-    compiled = {
-        n: jax.jit(functools.partial(_run_chunk, num_epochs=n, model=model))
-        .lower(state, batches.train, hparams)
-        .compile()
+    lowered = [lowered_start] + [
+        jax.jit(functools.partial(_run_chunk, num_epochs=n, model=model)).lower(
+            lowered_start.out_info, batches, hparams
+        )
         for n in sorted(set(lengths))
-    }
+    ]
+    start_program, *programs = (program.compile() for program in lowered)
+    compiled = dict(zip(sorted(set(lengths)), programs))
     compile_seconds = time.perf_counter() - start
+    state = start_program(*start_args)
 
     start = time.perf_counter()
     chunks, done = [], 0
     for n in lengths:
-        state, metrics, params_finite = compiled[n](state, batches.train, hparams)
+        state, metrics, params_finite, final = compiled[n](state, batches, hparams)
         _check_finite(metrics, bool(params_finite), done)
         chunks.append(metrics)
         done += n
         if progress is not None:
-            progress(done, float(metrics.loss[-1]), float(metrics.accuracy[-1]))
-    final = _metrics_jit(registry.arch_spec(config.arch), config.head, state.params, batches)
+            loss, accuracy = jax.device_get((metrics.loss, metrics.accuracy))
+            progress(done, float(loss[-1]), float(accuracy[-1]))
     train_seconds = time.perf_counter() - start
 
     history = Metrics(*(np.concatenate([np.asarray(c[i]) for c in chunks]) for i in range(2)))
@@ -278,8 +290,9 @@ def fit(
 # The compiled helpers below are cached on the registry entry (an ArchSpec), not the
 # arch's name, so a name registered again with another module is compiled afresh.
 @functools.partial(jax.jit, static_argnums=0)
-def _init_jit(spec: registry.ArchSpec, key: jax.Array) -> Params:
-    return init_params(spec.name, key)
+def _start_jit(spec: registry.ArchSpec, seed: jax.Array, hparams: Hparams) -> TrainState:
+    """Initial params (torch-style, from ``jax.random.key(seed)``) and optimiser state."""
+    return init_state(init_params(spec.name, jax.random.key(seed)), hparams)
 
 
 _init_state_jit = jax.jit(init_state)

@@ -5,8 +5,11 @@
     stacked and trained together with batched matmuls) and against the serial
     PyTorch loop (a few seeds timed, scaled per seed); seeds*epochs per second and
     GFLOP/s against a big-matmul peak measured here;
+    The strongest PyTorch peer is that ensemble under ``torch.compile`` with a
+    hand-written backward, at the best (chunk, processes, threads) of a short search;
 (c) ``scripts/train.py --arch atten`` as a whole process against the PyTorch
-    reference run as a script, with a warm and a cold compilation cache.
+    reference run as a script, with a warm and a cold compilation cache;
+(d) a learning-rate x weight-decay grid against a seed sweep of the same size.
 
 Every figure is the median of ``--repeats`` runs; execution times exclude compiling.
 """
@@ -118,8 +121,11 @@ def torch_single_seconds(arch: str, epochs: int, repeats: int, seeds: int = 1) -
     return median_seconds(run, repeats)
 
 
-def jax_sweep_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> float:
-    """``seeds`` nets in one compiled program (per-epoch histories kept), sharded over devices."""
+def jax_sweep_seconds(
+    arch: str, seeds: int, epochs: int, repeats: int, group_size: int
+) -> tuple[float, float]:
+    """(compile seconds, execution seconds) of ``seeds`` nets in one compiled program,
+    per-epoch histories kept, sharded over the devices, ``group_size`` nets a step."""
     import jax
 
     from jax_iris.config import TrainConfig
@@ -129,12 +135,38 @@ def jax_sweep_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> float
 
     devices = jax.device_count()
     n = -(-seeds // devices) * devices
-    run = compile_sweep(TrainConfig(arch=arch, epochs=epochs), False, True, False, devices)
+    config = TrainConfig(arch=arch, epochs=epochs)
+    run = compile_sweep(config, False, True, False, devices, group_size)
     keys = jax.vmap(jax.random.key)(np.arange(n, dtype=np.uint32))
     batches = split_batches(load_split())
     hparams = Hparams(np.full(n, 0.005, np.float32), np.full(n, 1e-3, np.float32))
-    jax.block_until_ready(run(keys, batches, hparams))
-    return median_seconds(lambda: jax.block_until_ready(run(keys, batches, hparams)), repeats)
+    start = time.perf_counter()
+    compiled = run.lower(keys, batches, hparams).compile()
+    compile_s = time.perf_counter() - start
+    jax.block_until_ready(compiled(keys, batches, hparams))
+    return compile_s, median_seconds(
+        lambda: jax.block_until_ready(compiled(keys, batches, hparams)), repeats
+    )
+
+
+def torch_compiled_seconds(
+    arch: str, seeds: int, epochs: int, repeats: int, search_epochs: int
+) -> tuple[object, dict, float, float]:
+    """The strongest PyTorch peer: the ensemble with a hand-written backward and Adam under
+    ``torch.compile``, at the fastest (chunk, processes, threads) of a short search.
+
+    Returns (best setting, every setting's search seconds, compile + warm-up seconds,
+    execution seconds at full size).
+    """
+    from jax_iris import torch_ensemble as te
+    from jax_iris import torch_reference as tr
+
+    x, y = (t.numpy() for t in tr.load_torch_split().train)
+    best, searched = te.search_settings(x, y, arch=arch, nets=seeds, epochs=search_epochs)
+    compile_s, run_s = te.time_setting(
+        x, y, best, arch=arch, nets=seeds, epochs=epochs, repeats=repeats
+    )
+    return best, searched, compile_s, run_s
 
 
 def torch_ensemble_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> float:
@@ -204,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog="benchmark.py", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=list(registry.blog_archs()), default="atten")
     counts = {
-        "seeds": (200, "nets in part (b)"),
+        "seeds": (1000, "nets in part (b)"),
         "epochs": (1000, "epochs of every training run"),
         "repeats": (3, "runs per figure, whose median is reported"),
         "serial_seeds": (3, "seeds timed serially in (b)"),
@@ -217,7 +249,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             default=default,
             help=f"{text}, 1 to {LIMITS[name]:,} (default: %(default)s)",
         )
-    parser.add_argument("--skip", nargs="*", default=[], choices=("a", "b", "c"))
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=0,
+        help="nets per vmapped step of the JAX sweep (default: the library's, 8)",
+    )
+    parser.add_argument(
+        "--search-epochs",
+        type=int,
+        default=50,
+        help="epochs of the short runs that pick the torch.compile setting (default: 50)",
+    )
+    parser.add_argument(
+        "--grid-epochs", type=int, default=200, help="epochs of part (d) (default: 200)"
+    )
+    parser.add_argument("--skip", nargs="*", default=[], choices=("a", "b", "c", "d"))
     parser.epilog = f"In (b), seeds x epochs is at most {MAX_SEED_EPOCHS:,}."
     args = parser.parse_args(argv)
     return run_main("benchmark.py", lambda: run(args))
@@ -248,6 +295,9 @@ def run(args: argparse.Namespace) -> int:
     if "b" not in args.skip:
         ensemble = torch_ensemble_seconds(arch, n, epochs, max(1, r - 1))
         serial = torch_single_seconds(arch, epochs, 1, seeds=k) * n / k
+        best, searched, torch_compile_s, compiled_s = torch_compiled_seconds(
+            arch, n, epochs, r, args.search_epochs
+        )
 
     import jax
 
@@ -274,29 +324,51 @@ def run(args: argparse.Namespace) -> int:
         print(f"  speed-up JAX vs PyTorch: {torch_single / jax_s:.1f}x")
 
     if "b" not in args.skip:
-        print(f"(b) {n} nets x {epochs} epochs")
-        jax_s = jax_sweep_seconds(arch, n, epochs, r)
+        from jax_iris.sweep import DEFAULT_GROUP_SIZE
+
+        group = args.group_size or DEFAULT_GROUP_SIZE
+        per_device = -(-n // jax.device_count())
+        print(f"(b) {n} nets x {epochs} epochs; execution only, compile and warm-up apart")
         work = n * epochs
+        jax_compile, jax_s = jax_sweep_seconds(arch, n, epochs, r, group)
+        plain_compile, plain_s = jax_sweep_seconds(arch, n, epochs, 1, per_device)
         gflops = flops * work / jax_s / 1e9
         _line(
-            f"JAX sweep ({jax.device_count()} devices)",
+            f"JAX sweep, groups of {group} ({jax.device_count()} devices)",
             jax_s,
-            f"  {work / jax_s:,.0f} seed-epochs/s, {gflops:.1f} GFLOP/s"
-            f" ({gflops / peak:.1%} of peak)",
+            f"  {work / jax_s:,.0f} net-epochs/s, {gflops:.1f} GFLOP/s"
+            f" ({gflops / peak:.1%} of peak); compile {jax_compile:.1f} s",
         )
         _line(
-            "PyTorch ensemble (baddbmm, all cores)",
-            ensemble,
-            f"  {work / ensemble:,.0f} seed-epochs/s",
+            "JAX sweep, one vmap over all nets (previous; 1 run)",
+            plain_s,
+            f"  {work / plain_s:,.0f} net-epochs/s; compile {plain_compile:.1f} s",
         )
         _line(
-            f"PyTorch serial loop ({k} seeds timed, x{n / k:g})",
-            serial,
-            f"  {work / serial:,.0f} seed-epochs/s",
+            f"PyTorch torch.compile ensemble, {best.chunk} nets/chunk,",
+            compiled_s,
+            f"  {work / compiled_s:,.0f} net-epochs/s; compile + warm-up {torch_compile_s:.1f} s",
         )
+        print(f"    {best.processes} process(es) x {best.threads} thread(s): best of the search")
+        for setting, seconds in sorted(searched.items(), key=lambda item: item[1]):
+            print(
+                f"      search ({args.search_epochs} epochs): chunk {setting.chunk:>4},"
+                f" {setting.processes} x {setting.threads}: {seconds:.2f} s"
+            )
+        _line("PyTorch eager ensemble (baddbmm, all cores)", ensemble)
+        _line(f"PyTorch serial loop ({k} seeds timed, x{n / k:g})", serial)
         print(
-            f"  speed-up JAX vs ensemble: {ensemble / jax_s:.1f}x; vs serial: {serial / jax_s:.1f}x"
+            f"  speed-up of the JAX sweep: {compiled_s / jax_s:.2f}x vs torch.compile (strongest"
+            f" PyTorch), {plain_s / jax_s:.2f}x vs the previous JAX path,"
+            f" {ensemble / jax_s:.1f}x vs eager ensemble, {serial / jax_s:.1f}x vs serial"
         )
+
+    if "d" not in args.skip:
+        from jax_iris.grid_bench import CELLS, format_bench, grid_vs_seed_sweep
+
+        nets, grid_epochs = max(CELLS, n // CELLS * CELLS), args.grid_epochs
+        print(f"(d) a grid against a seed sweep of the same size ({nets} nets)")
+        print("  " + format_bench(grid_vs_seed_sweep(arch, nets, grid_epochs, repeats=r)))
 
     if "c" not in args.skip:
         print("(c) whole process: train.py --arch atten vs the PyTorch reference script")
@@ -313,8 +385,22 @@ def run(args: argparse.Namespace) -> int:
                 cold_env = {**env, "JAX_IRIS_CACHE_DIR": str(Path(work_dir) / f"cold-{i}")}
                 cold_runs.append(process_seconds(train, 1, cold_env))
             cold = statistics.median(cold_runs)
+            logged = subprocess.run(
+                train,
+                cwd=work_dir,
+                env={**env, "JAX_IRIS_CACHE_DIR": "", "JAX_LOG_COMPILES": "1"},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            programs = [
+                line.split(" of ")[1].split(" in ")[0]
+                for line in logged.stderr.splitlines()
+                if "Finished XLA compilation of " in line
+            ]
             torch_s = process_seconds(reference, r, env)
         _line("train.py, warm compilation cache", warm, f"  {warm / torch_s:.2f}x of PyTorch")
         _line("train.py, cold compilation cache", cold, f"  {cold / torch_s:.2f}x of PyTorch")
         _line("PyTorch reference script", torch_s)
+        print(f"  programs train.py compiles: {len(programs)} ({', '.join(programs)})")
     return 0

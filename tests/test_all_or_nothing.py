@@ -99,6 +99,7 @@ def one_line(err: str) -> str:
 
 
 @pytest.mark.parametrize("staged", [1, 3], ids=["atten-events", "linear-events"])
+@pytest.mark.slow
 def test_3_full_disk_while_writing_events_keeps_every_earlier_file(
     workdir, earlier, capsys, monkeypatch, staged
 ):
@@ -122,6 +123,7 @@ def test_3_ctrl_c_while_events_are_built_keeps_every_earlier_file(
     assert snapshot(workdir) == earlier
 
 
+@pytest.mark.slow
 def test_3_ctrl_c_after_the_sweep_summary_keeps_every_earlier_file(
     workdir, earlier, capsys, monkeypatch
 ):
@@ -176,6 +178,7 @@ sys.exit(train.main(sys.argv[1:]))
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_3_real_sigint_while_writing_keeps_every_earlier_file(workdir, earlier):
     child = subprocess.Popen(
         [sys.executable, "-c", _PAUSED_WRITER, *map(str, TRAIN), "--arch", "both"],
@@ -651,6 +654,7 @@ def test_6_benchmark_ctrl_c_is_one_line(workdir, capsys, monkeypatch):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_6_closed_stdout_pipe_does_not_lose_the_run(workdir):
     """``train.py --epochs 50 ... | head -1``: the reader goes after the first line."""
     with subprocess.Popen(
@@ -670,6 +674,7 @@ def test_6_closed_stdout_pipe_does_not_lose_the_run(workdir):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_6_non_utf8_folder_name_with_utf8_output_does_not_lose_the_run(workdir):
     folder = os.fsencode(workdir) + b"/caf\xe9"
     try:

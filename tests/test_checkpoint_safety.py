@@ -372,6 +372,7 @@ def _digest(path: Path) -> tuple | None:
 
 @pytest.mark.subprocess
 @pytest.mark.parametrize("name", list(CRAFTED))
+@pytest.mark.slow
 def test_crafted_file_is_refused_within_bounds(crafted_results, name):
     path, result = crafted_results[name]
     expected = CRAFTED[name][1]
@@ -805,6 +806,7 @@ def valid_files(tmp_path_factory) -> list[bytes]:
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_fuzzed_files_load_or_raise_checkpoint_error(tmp_path, valid_files):
     rng = random.Random(FUZZ_SEED)
     inputs: list[bytes] = []

@@ -146,6 +146,7 @@ def test_jax_checkpoint_to_pth_gives_the_same_outputs(jax_checkpoints, tmp_path,
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.slow
 def test_pth_to_pkl_evaluates_to_the_same_table(tmp_path, capsys, arch):
     start = tr.numpy_state_dict(tr.build(arch, seed=0))
     torch_run = tr.train_from(arch, start, epochs=TORCH_EPOCHS)

@@ -200,6 +200,7 @@ def test_a_dying_process_stops_the_other(tmp_path, sweeps, victim, how):
 
 
 @pytest.mark.subprocess
+@pytest.mark.slow
 def test_unreachable_coordinator_is_one_line_before_training(tmp_path, sweeps):
     timeout = 2
     port = free_port()  # nobody listens there

@@ -48,6 +48,7 @@ def _leaves(tree):
 
 
 @pytest.mark.parametrize("arch", ["atten", "linear"])
+@pytest.mark.slow
 def test_cell_is_fit_with_its_lr_weight_decay_and_seed(arch):
     config = TrainConfig(arch=arch, epochs=EPOCHS)
     grid = train_grid(config, SEEDS, LRS, WDS, params=True, history=True)
@@ -73,6 +74,7 @@ def test_cell_is_fit_with_its_lr_weight_decay_and_seed(arch):
     assert len({float(grid.final.train.loss[i]) for i in range(net)}) == net
 
 
+@pytest.mark.slow
 def test_a_grid_compiles_once_per_arch_and_head_whatever_its_values_and_size():
     """Three grids of 57, 117 and 120 nets, all different values: one program per head.
 
@@ -142,6 +144,7 @@ def _wilson_by_hand(k: int, n: int) -> tuple[float, float]:
     return (-b - root) / (2 * a), (-b + root) / (2 * a)
 
 
+@pytest.mark.slow
 def test_small_grid_statistics_match_a_hand_count_from_the_csv(small_grid):
     rows = list(csv.DictReader(io.StringIO(csv_text(small_grid))))
     assert len(rows) == 2 * 2 * 6
@@ -240,6 +243,7 @@ def grid_out(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_command_writes_csv_json_heatmaps_and_hparams(grid_out):
     out = grid_out
     with open(out / "sweep.csv", newline="") as f:
@@ -342,6 +346,7 @@ def test_no_tensorboard_writes_no_runs(tmp_path, capsys):
     ]
 
 
+@pytest.mark.slow
 def test_a_failed_write_leaves_every_earlier_file_as_it_was(tmp_path, capsys):
     out = tmp_path / "g"
     code, _, err = call(sweep_main, [*GRID_ARGS, "--lr", "0.01", "0.05", "--out", out], capsys)

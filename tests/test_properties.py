@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -125,6 +126,7 @@ def checkpoints(draw):
     return flat, config, history, metrics
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=checkpoints())
 def test_checkpoint_round_trip_is_exact(case):
@@ -156,6 +158,7 @@ def arch_and_params(draw) -> tuple[str, dict[str, np.ndarray]]:
     return arch, draw(flat_params(arch))
 
 
+@pytest.mark.slow
 @PROPERTY_SETTINGS
 @given(case=arch_and_params())
 def test_torch_state_dict_round_trip_is_exact(case):

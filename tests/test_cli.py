@@ -407,6 +407,7 @@ def test_every_help_answers_without_importing_jax(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[:-1] == [
-        f"{name} 0 True" for name in ("train", "evaluate", "sweep", "convert", "plot", "benchmark")
+        f"{name} 0 True"
+        for name in ("train", "evaluate", "predict", "sweep", "convert", "plot", "benchmark")
     ]
     assert lines[-1] == "heavy []"

@@ -16,6 +16,7 @@ from jax_iris.cli.common import EXIT_USAGE
 COMMANDS = {
     "train": "train the blog's nets and print its evaluation table",
     "evaluate": "reload checkpoints and print the evaluation table",
+    "predict": "classify flowers (rows of 4 measurements) with trained checkpoints",
     "sweep": "train many seeds (and learning rates, weight decays) with statistics",
     "convert": "convert between a PyTorch .pth state_dict and a jax_iris .pkl",
     "plot": "draw accuracy and loss per epoch from checkpoints",

@@ -35,7 +35,8 @@ def progress_line(arch: str, epoch: int, epochs: int, loss: float, accuracy: flo
 def format_table(tables: Mapping[str, Table]) -> str:
     """The blog's final table: rows Loss and Accuracy x Train / Val / Test, a column per net.
 
-    ``tables`` maps a column name (an arch, or any label) to ``evaluate``'s result.
+    ``tables`` maps a column name (an arch, or any label) to ``evaluate``'s result. A
+    value of ``None`` (a baseline's loss) is shown as ``-``.
     """
     columns = [registry.label(name) for name in tables]
     widths = [max(len(c), 6) for c in columns]
@@ -47,11 +48,15 @@ def format_table(tables: Mapping[str, Table]) -> str:
         for i, (split, split_label) in enumerate(SPLIT_LABELS.items()):
             first = metric_label if i == 0 else ""
             cells = "".join(
-                f"{getattr(getattr(table, split), metric):>{w + 2}.4f}"
+                _cell(getattr(getattr(table, split), metric), w + 2)
                 for table, w in zip(tables.values(), widths)
             )
             lines.append(f"{first:<9}{split_label:<11}{cells}")
     return "\n".join(lines)
+
+
+def _cell(value: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
 
 
 def _tensorboardx() -> tuple[type, type]:

@@ -50,6 +50,12 @@ def parser() -> Parser:
         help="TensorBoard folder; events go to <logdir>/<arch>/ (default: %(default)s)",
     )
     p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="add scikit-learn LogisticRegression, MLPClassifier (10, 20) and the majority"
+        " class, fitted on the same split, to the table",
+    )
     return p
 
 
@@ -74,12 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             for arch in archs:  # events go to <logdir>/<arch>: a file there must fail now
                 check_writable_dir(logdir / arch, "--logdir")
         enable_compilation_cache()
-        return train_and_save(configs, checkpoint_dir, logdir)
+        return train_and_save(configs, checkpoint_dir, logdir, with_baselines=args.baselines)
 
     return run_main(PROG, body)
 
 
-def train_and_save(configs: list[TrainConfig], checkpoint_dir: Path, logdir: Path | None) -> int:
+def train_and_save(
+    configs: list[TrainConfig],
+    checkpoint_dir: Path,
+    logdir: Path | None,
+    with_baselines: bool = False,
+) -> int:
     """Train each config, print the blog's table, then write every output at once."""
     import jax
 
@@ -110,7 +121,16 @@ def train_and_save(configs: list[TrainConfig], checkpoint_dir: Path, logdir: Pat
             results[config.arch] = result
 
         print()
-        print(format_table({arch: r.final for arch, r in results.items()}))
+        columns, note = {arch: r.final for arch, r in results.items()}, ""
+        if with_baselines:
+            from jax_iris import baselines
+            from jax_iris.data import load_split
+
+            extra, note = baselines.for_table(load_split(configs[0].split_seed))
+            columns.update(extra)
+        print(format_table(columns))
+        if note:
+            print(note)
         print()
         files = {}
         for config in configs:

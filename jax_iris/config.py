@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,10 @@ MAX_NETS = 1_000_000  # nets in one sweep (seeds x learning rates x weight decay
 MAX_CHUNK = 100_000
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.401298464324817e-45  # the smallest positive float32
+# jax_default_matmul_precision values. "highest" is true float32 (what PyTorch computes and
+# what the parity tolerances assume); "default" lets a GPU use TF32 (faster, other numbers);
+# on CPU all three compute float32.
+MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
 class ConfigError(ValueError):
@@ -53,6 +58,14 @@ class TrainConfig:
     seed: int = field(default=0, metadata=_help("initial-weight seed: jax.random.key(seed)"))
     split_seed: int = field(default=666, metadata=_help("numpy seed of the data split"))
     log_every: int = field(default=100, metadata=_help("epochs between progress lines"))
+    matmul_precision: str = field(
+        default="highest",
+        metadata=_help(
+            "float32 matmul precision: highest (true float32, matches the CPU reference),"
+            " high or default (TF32 on GPUs: faster, other numbers)",
+            choices=lambda: MATMUL_PRECISIONS,
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_choice("arch", self.arch, registry.ARCHS)
@@ -63,13 +76,15 @@ class TrainConfig:
         check_int("split_seed", self.split_seed, 0, MAX_SEED)
         check_rate("lr", self.lr, positive=True)
         check_rate("weight_decay", self.weight_decay, positive=False)
+        check_choice("matmul_precision", self.matmul_precision, MATMUL_PRECISIONS)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
-        """Rebuild a config from ``to_dict``; unknown keys raise ConfigError."""
+        """Rebuild a config from ``to_dict``; unknown keys raise ConfigError, and a field
+        missing (a checkpoint written before it existed) takes its default."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(k) for k in set(values) - names)
         if unknown:
@@ -148,7 +163,7 @@ class SweepConfig:
         }
 
 
-def check_choice(name: str, value: Any, choices: dict[str, Any]) -> None:
+def check_choice(name: str, value: Any, choices: Collection[str]) -> None:
     if not isinstance(value, str) or value not in choices:
         raise ConfigError(name, f"must be one of {', '.join(choices)}, got {_short(value)}")
 

@@ -1,9 +1,16 @@
-"""What a run shows: progress lines, the blog's evaluation table, TensorBoard scalars."""
+"""What a run shows: progress lines, the blog's evaluation table, TensorBoard scalars.
+
+A training run's TensorBoard events (``tensorboard_events``) carry each epoch's loss
+and accuracy at the time that epoch ended, the run's config as HParams (a session
+start and end, so TensorBoard's HParams dashboard lists every run it finds with its
+hyperparameters, no experiment file needed) and the final table as ``final/*`` scalars.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -20,6 +27,8 @@ SPLIT_LABELS = {"train": "Train_Data", "val": "Val_Data", "test": "Test_Data"}
 METRIC_LABELS = {"loss": "Loss", "accuracy": "Accuracy"}
 TAG_LOSS = "train/loss"
 TAG_ACCURACY = "train/accuracy"
+FINAL_TAG = "final/{split}_{metric}"  # the final table, one scalar per cell
+FILE_VERSION = "brain.Event:2"
 
 Table = Any  # a SplitMetrics of floats: table.train.loss, ...
 
@@ -83,29 +92,101 @@ def _torch_hidden() -> Iterator[None]:
             del sys.modules["torch"]
 
 
-def tensorboard_events(history: Any) -> bytes:
-    """Every epoch's train loss and accuracy as one TensorBoard event file's bytes.
+def epoch_wall_times(
+    epochs: int, start: float, block_ends: Sequence[tuple[int, float]]
+) -> np.ndarray:
+    """When each epoch ended, as Unix times [epochs] (float64).
 
-    Steps 0 .. epochs-1; one event per epoch carries both scalars (what
-    ``SummaryWriter.add_scalar`` would write as two events, at a quarter of the
-    cost). The bytes are built in a private folder, so the caller decides where and
-    under which name they land (``fileio.commit``).
+    Training runs in compiled blocks, and ``block_ends`` holds ``(epochs done, time)``
+    at the end of each (the progress lines); ``start`` is when the first block began
+    computing. Within a block the epochs are spread evenly: each block's time is
+    real, the epochs inside it share it equally.
     """
-    FileWriter, Summary = _tensorboardx()
-    with tempfile.TemporaryDirectory(prefix="jax_iris_events_") as folder:
-        writer = FileWriter(folder)
-        try:
-            for step, (loss, accuracy) in enumerate(
-                zip(np.asarray(history.loss).tolist(), np.asarray(history.accuracy).tolist())
-            ):
-                values = [
-                    Summary.Value(tag=TAG_LOSS, simple_value=loss),
-                    Summary.Value(tag=TAG_ACCURACY, simple_value=accuracy),
-                ]
-                writer.add_summary(Summary(value=values), step)
-        finally:
-            writer.close()
-        return _event_file_bytes(folder)
+    times = np.empty(epochs, np.float64)
+    done, since = 0, start
+    for end_epoch, end_time in block_ends:
+        end_time = max(end_time, since)
+        count = end_epoch - done
+        if count <= 0 or end_epoch > epochs:
+            raise ValueError(f"block ends must rise from 1 to {epochs}, got {end_epoch}")
+        times[done:end_epoch] = since + (end_time - since) * np.arange(1, count + 1) / count
+        done, since = end_epoch, end_time
+    if done != epochs:
+        raise ValueError(f"block ends cover {done} of {epochs} epochs")
+    return times
+
+
+def tensorboard_events(
+    history: Any,
+    wall_times: Sequence[float] | np.ndarray | None = None,
+    hparams: Mapping[str, Any] | None = None,
+    final: Table | None = None,
+) -> bytes:
+    """One training run as one TensorBoard event file's bytes.
+
+    Steps 0 .. epochs-1 carry that epoch's train loss and accuracy, stamped
+    ``wall_times[step]`` (default: now). ``hparams`` (the run's config) become an
+    HParams session spanning the run; ``final`` (``evaluate``'s table) becomes the
+    ``final/<split>_<metric>`` scalars at step ``epochs``. One event per epoch carries
+    both scalars (what ``SummaryWriter.add_scalar`` would write as two events). Only
+    bytes are returned: the caller decides where they land (``fileio.commit``).
+    """
+    _, Summary = _tensorboardx()
+    from tensorboardX.proto.event_pb2 import Event
+
+    losses = np.asarray(history.loss).tolist()
+    accuracies = np.asarray(history.accuracy).tolist()
+    epochs = len(losses)
+    now = time.time()
+    times = [now] * epochs if wall_times is None else np.asarray(wall_times, np.float64).tolist()
+    if len(times) != epochs:
+        raise ValueError(f"{len(times)} wall times for {epochs} epochs")
+    start = times[0] if times else now
+    end = times[-1] if times else now
+    events = [Event(wall_time=start, file_version=FILE_VERSION)]
+    if hparams is not None:
+        events.append(Event(wall_time=start, step=0, summary=_session(hparams)[0]))
+    for step, (loss, accuracy, wall_time) in enumerate(zip(losses, accuracies, times)):
+        values = [
+            Summary.Value(tag=TAG_LOSS, simple_value=loss),
+            Summary.Value(tag=TAG_ACCURACY, simple_value=accuracy),
+        ]
+        events.append(Event(wall_time=wall_time, step=step, summary=Summary(value=values)))
+    if final is not None:
+        values = [
+            Summary.Value(
+                tag=FINAL_TAG.format(split=split, metric=metric),
+                simple_value=float(getattr(getattr(final, split), metric)),
+            )
+            for split in SPLIT_LABELS
+            for metric in METRIC_LABELS
+        ]
+        events.append(Event(wall_time=end, step=epochs, summary=Summary(value=values)))
+    if hparams is not None:
+        events.append(Event(wall_time=end, step=epochs, summary=_session(hparams)[1]))
+    return b"".join(_record(event.SerializeToString()) for event in events)
+
+
+def _session(hparams: Mapping[str, Any]) -> tuple[Any, Any]:
+    """tensorboardX's HParams session start and end summaries for ``hparams``."""
+    with _torch_hidden():
+        from tensorboardX.summary import hparams as session
+
+    _, start, end = session(dict(hparams), {})
+    return start, end
+
+
+def _record(data: bytes) -> bytes:
+    """``data`` framed as a TFRecord: length, its masked CRC32C, data, its masked CRC32C."""
+    from tensorboardX.record_writer import masked_crc32c
+
+    header = struct.pack("<Q", len(data))
+    return (
+        header
+        + struct.pack("<I", masked_crc32c(header))
+        + data
+        + struct.pack("<I", masked_crc32c(data))
+    )
 
 
 def _event_file_bytes(folder: str) -> bytes:

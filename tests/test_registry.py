@@ -99,7 +99,7 @@ def test_a_registered_arch_runs_through_the_commands(tiny, tmp_path, capsys):
     assert trained.code == 0, trained.err
     assert f"  tiny  epoch {EPOCHS}/{EPOCHS}" in trained.out
     assert "Tiny_Model" in trained.out
-    assert len(list((tmp_path / "runs" / "tiny").glob("events.out.tfevents.*"))) == 1
+    assert len(list((tmp_path / "runs" / "tiny").glob("*/events.out.tfevents.*"))) == 1
 
     evaluated = call(evaluate_command.main, [tmp_path / "ck" / "tiny.pkl"], capsys)
     assert (evaluated.code, evaluated.err) == (0, "")

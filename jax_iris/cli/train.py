@@ -2,13 +2,16 @@
 
 Every output (a checkpoint per net, a TensorBoard event file per net) is computed
 first and then written all together (``fileio.commit``): a failure or Ctrl-C
-leaves every earlier file as it was.
+leaves every earlier file as it was. Each run is a TensorBoard run of its own,
+``<logdir>/<arch>/<run name>``, so a second run never adds points to the first.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from jax_iris import registry
@@ -25,11 +28,12 @@ from jax_iris.cli.common import (
     run_main,
 )
 from jax_iris.config import TrainConfig
-from jax_iris.quote import clean_path
+from jax_iris.quote import clean_path, quote
 
 PROG = "train.py"
 DEFAULT_CHECKPOINT_DIR = "checkpoints"
 DEFAULT_LOGDIR = "runs"
+RUN_NAME_FORMAT = "%Y-%m-%d_%H-%M-%S"  # the default run name: when the command started
 
 
 def parser() -> Parser:
@@ -47,7 +51,13 @@ def parser() -> Parser:
     p.add_argument(
         "--logdir",
         default=DEFAULT_LOGDIR,
-        help="TensorBoard folder; events go to <logdir>/<arch>/ (default: %(default)s)",
+        help="TensorBoard folder; each run's events go to <logdir>/<arch>/<run name>/"
+        " (default: %(default)s)",
+    )
+    p.add_argument(
+        "--run-name",
+        help="the TensorBoard run's folder name (default: the start time, e.g."
+        " 2025-01-31_14-05-09, with _2, _3, ... added if taken)",
     )
     p.add_argument("--no-tensorboard", action="store_true", help="write no TensorBoard events")
     p.add_argument(
@@ -74,39 +84,83 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"cannot write {clean_path(target)}: it is {what};"
                     " choose another --checkpoint-dir"
                 )
-        logdir = None
+        runs = None
         if not args.no_tensorboard:
             logdir = check_writable_dir(args.logdir, "--logdir")
-            for arch in archs:  # events go to <logdir>/<arch>: a file there must fail now
-                check_writable_dir(logdir / arch, "--logdir")
+            name = run_name(logdir, archs, args.run_name)
+            runs = {arch: logdir / arch / name for arch in archs}
+            for run in runs.values():  # a file in the way must fail now, not after training
+                check_writable_dir(run, "--logdir")
         enable_compilation_cache()
-        return train_and_save(configs, checkpoint_dir, logdir, with_baselines=args.baselines)
+        try:
+            return train_and_save(configs, checkpoint_dir, runs, with_baselines=args.baselines)
+        except registry.PluginError as err:
+            raise UsageError(f"{err}; {NOTHING_WRITTEN}") from None
 
     return run_main(PROG, body)
+
+
+def run_name(logdir: Path, archs: Sequence[str], given: str | None) -> str:
+    """The TensorBoard run folder for this run, new under every ``<logdir>/<arch>``.
+
+    A ``--run-name`` must be one plain folder name not used yet; the default, the
+    start time, gets ``_2``, ``_3``, ... when two runs start in the same second.
+    """
+    if given is not None:
+        plain = given not in ("", ".", "..") and not {"/", "\\"} & set(given)
+        if not plain or not given.isprintable():
+            raise UsageError(f"--run-name must be one folder name, got {quote(given, 60)}")
+        taken = [arch for arch in archs if (logdir / arch / given).exists()]
+        if taken:
+            raise UsageError(
+                f"{clean_path(logdir / taken[0] / given)} already holds a run;"
+                " choose another --run-name"
+            )
+        return given
+    stamp = datetime.now().strftime(RUN_NAME_FORMAT)
+    name, count = stamp, 1
+    while any((logdir / arch / name).exists() for arch in archs):
+        count += 1
+        name = f"{stamp}_{count}"
+    return name
 
 
 def train_and_save(
     configs: list[TrainConfig],
     checkpoint_dir: Path,
-    logdir: Path | None,
+    runs: dict[str, Path] | None,
     with_baselines: bool = False,
 ) -> int:
-    """Train each config, print the blog's table, then write every output at once."""
+    """Train each config, print the blog's table, then write every output at once.
+
+    ``runs`` maps each arch to its TensorBoard run folder (None: no events).
+    """
     import jax
 
     from jax_iris import checkpoint
     from jax_iris.fileio import commit
-    from jax_iris.report import event_file_name, format_table, progress_line, tensorboard_events
+    from jax_iris.report import (
+        epoch_wall_times,
+        event_file_name,
+        format_table,
+        progress_line,
+        tensorboard_events,
+    )
     from jax_iris.train import DivergenceError, fit, metrics_dict
 
     print(f"device: {jax.devices()[0]} ({jax.default_backend()})")
-    results = {}
+    results, wall_times = {}, {}
     try:
         for config in configs:
+            block_ends: list[tuple[int, float]] = []
 
-            def progress(epoch: int, loss: float, acc: float, c: TrainConfig = config) -> None:
+            def progress(
+                epoch: int, loss: float, acc: float, c: TrainConfig = config, ends=block_ends
+            ) -> None:
+                ends.append((epoch, time.time()))
                 print(progress_line(c.arch, epoch, c.epochs, loss, acc), flush=True)
 
+            started = time.time()
             try:
                 result = fit(config, progress=progress)
             except DivergenceError as err:
@@ -119,6 +173,9 @@ def train_and_save(
                 f"train {result.train_seconds:.3f} s for {config.epochs} epochs"
             )
             results[config.arch] = result
+            # The first block's compile time is not training time: its epochs start after it.
+            first_start = min(started + result.compile_seconds, block_ends[0][1])
+            wall_times[config.arch] = epoch_wall_times(config.epochs, first_start, block_ends)
 
         print()
         columns, note = {arch: r.final for arch, r in results.items()}, ""
@@ -141,8 +198,13 @@ def train_and_save(
                 metrics=metrics_dict(result.final),
                 history=result.history._asdict(),
             )
-            if logdir is not None:
-                files[logdir / config.arch / event_file_name()] = tensorboard_events(result.history)
+            if runs is not None:
+                files[runs[config.arch] / event_file_name()] = tensorboard_events(
+                    result.history,
+                    wall_times[config.arch],
+                    hparams=config.to_dict(),
+                    final=result.final,
+                )
     except KeyboardInterrupt:
         raise Interrupted(NOTHING_WRITTEN) from None
     try:

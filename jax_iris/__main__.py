@@ -1,7 +1,9 @@
 """``python -m jax_iris COMMAND ...``: the same as the ``jax-iris`` command."""
 
-import sys
+from jax_iris import process_life
 
-from jax_iris.cli import main
+process_life.install()  # before anything heavy is imported
 
-sys.exit(main())
+from jax_iris.cli import main  # noqa: E402
+
+process_life.exit(main())

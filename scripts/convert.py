@@ -1,8 +1,10 @@
 """Convert a PyTorch .pth state_dict to a jax_iris .pkl checkpoint, or back."""
 
-import sys
+from jax_iris import process_life
 
-from jax_iris.cli.convert import main
+process_life.install_for(__name__)  # as a program: before anything heavy is imported
+
+from jax_iris.cli.convert import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    process_life.exit(main())

@@ -1,8 +1,10 @@
 """Train the blog's iris nets: python scripts/train.py --arch atten."""
 
-import sys
+from jax_iris import process_life
 
-from jax_iris.cli.train import main
+process_life.install_for(__name__)  # as a program: before anything heavy is imported
+
+from jax_iris.cli.train import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    process_life.exit(main())

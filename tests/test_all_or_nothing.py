@@ -32,7 +32,7 @@ from helpers import (
 
 from jax_iris import checkpoint, fileio, plots, report
 from jax_iris.cli import benchmark, common, convert, evaluate, plot, sweep, train
-from jax_iris.cli.common import NOTHING_WRITTEN
+from jax_iris.cli.common import NOTHING_WRITTEN, OUTPUTS_WRITTEN
 from jax_iris.quote import clean_path, quote
 
 EXIT_INTERRUPTED = 130  # jax_iris.cli.common.EXIT_INTERRUPTED, restated: the contract
@@ -214,12 +214,14 @@ def test_3_ctrl_c_during_the_renames_is_all_or_nothing(workdir, earlier, capsys,
     after = snapshot(workdir)
     assert not [name for name in after if name.endswith(".tmp")]
     renamed = [name for name in earlier if after.get(name) != earlier[name]]
-    if code == EXIT_INTERRUPTED:  # stopped before the renames: every earlier file kept
+    assert code == EXIT_INTERRUPTED and "wrote" not in out
+    if renamed:  # the signal waited for the renames: every output new, then it stops
+        assert one_line(err) == f"train.py: interrupted; {OUTPUTS_WRITTEN}"
+        assert sorted(renamed) == ["checkpoints/atten.pkl", "checkpoints/linear.pkl"]
+    else:  # stopped before the renames: every earlier file kept
         assert one_line(err) == f"train.py: interrupted; {KEPT_ON_CTRL_C}"
         assert after == earlier
-    else:  # finished the renames: every output new
-        assert code == 0 and "wrote" in out
-        assert sorted(renamed) == ["checkpoints/atten.pkl", "checkpoints/linear.pkl"]
+    assert not [name for name in after if ".jax-iris-commit." in name]
 
 
 # ---------------------------------------------------------------- 4. checked before work

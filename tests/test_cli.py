@@ -381,11 +381,11 @@ def test_missing_arguments_and_unknown_names(capsys, main, prog, argv, needles):
     assert_usage_error(call(main, argv, capsys), prog, *needles)
 
 
-def test_jax_iris_without_a_command_prints_the_commands(capsys):
+def test_jax_iris_without_a_command_prints_the_commands_on_stderr(capsys):
     outcome = call(jax_iris.cli.main, [], capsys)
-    assert outcome.code == 2 and outcome.err == ""
+    assert outcome.code == 2 and outcome.out == ""  # a mistake: usage on stderr, as argparse
     for name in ("train", "evaluate", "sweep", "convert", "plot", "benchmark"):
-        assert f"\n  {name} " in outcome.out
+        assert f"\n  {name} " in outcome.err
 
 
 HELP_WITHOUT_JAX = """

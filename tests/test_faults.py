@@ -142,14 +142,18 @@ def test_sigkill_while_saving_keeps_the_previous_checkpoint(tmp_path, previous, 
 
     assert path.read_bytes() == previous["atten.pkl"]
     assert checkpoint.load(path).arch == "atten"
-    # The killed process cannot remove its temporary file: it stays, hidden and not named
-    # *.pkl, so nothing that looks for checkpoints picks it up, and the next save works.
+    # The killed process cannot remove its temporary file and its commit journal: they
+    # stay, hidden and not named *.pkl, so nothing that looks for checkpoints picks them
+    # up, and the next save recovers the dead commit and removes them.
     stale = sorted(p.name for p in tmp_path.iterdir() if p.name != "atten.pkl")
-    assert len(stale) == 1 and stale[0].startswith(".atten.pkl.") and stale[0].endswith(".tmp")
+    assert len(stale) == 2, stale
+    assert stale[0].startswith(".atten.pkl.") and stale[0].endswith(".tmp")
+    assert stale[1].startswith(".jax-iris-commit.")
     assert [p.name for p in tmp_path.glob("*.pkl")] == ["atten.pkl"]
     old = checkpoint.load(path)
     checkpoint.save(path, old.params, config=old.config, history=old.history)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "atten.pkl") == stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atten.pkl"]
+    assert path.read_bytes() == previous["atten.pkl"]
 
 
 @pytest.mark.slow

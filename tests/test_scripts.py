@@ -136,10 +136,11 @@ def test_jax_iris_console_script(tmp_path):
     assert console.is_file(), "the package is not installed (pip install -e .)"
     proc = run_python([console, "evaluate", "--help"], cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (0, "")
-    assert proc.stdout.startswith("usage: evaluate.py")
+    assert proc.stdout.startswith("usage: jax-iris evaluate")
     proc = run_python([console, "evaluate"], cwd=tmp_path)
     assert proc.returncode == 2
-    assert proc.stderr.startswith("evaluate.py: error: the following arguments are required")
+    # named as the user typed it
+    assert proc.stderr.startswith("jax-iris evaluate: error: the following arguments are required")
 
 
 def test_scripts_are_thin_wrappers(capsys):

@@ -7,11 +7,17 @@ jax only once their flags are checked.
 
 from __future__ import annotations
 
-import importlib
 import sys
-from collections.abc import Sequence
 
-from jax_iris.cli.common import EXIT_USAGE
+from jax_iris import process_life
+
+if sys.argv and sys.argv[0].rpartition("/")[2] == "jax-iris":  # the console script
+    process_life.install()  # before anything heavy is imported
+
+import importlib  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from jax_iris.cli.common import EXIT_USAGE, invoked_as  # noqa: E402
 
 COMMANDS = {
     "train": "train the blog's nets and print its evaluation table",
@@ -32,10 +38,19 @@ def usage() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
+    code = _dispatch(list(sys.argv[1:] if argv is None else argv))
+    if process_life.installed():  # the program itself: flush and end here
+        process_life.exit(code)
+    return code
+
+
+def _dispatch(argv: list[str]) -> int:
+    if not argv:
+        print(usage(), file=sys.stderr)
+        return EXIT_USAGE
+    if argv[0] in ("-h", "--help"):
         print(usage())
-        return 0 if argv else EXIT_USAGE
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(
@@ -43,8 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
-    command = importlib.import_module(f"jax_iris.cli.{name}")
-    try:
-        return command.main(rest)
-    except SystemExit as exit_:  # argparse's --help and flag errors
-        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    with invoked_as(f"jax-iris {name}"):
+        command = importlib.import_module(f"jax_iris.cli.{name}")  # a stop waits for run_main
+        try:
+            return command.main(rest)
+        except SystemExit as exit_:  # argparse's --help and flag errors
+            return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE

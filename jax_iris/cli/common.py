@@ -9,22 +9,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import io
 import os
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from jax_iris import registry
+from jax_iris import process_life, registry
 from jax_iris.config import ConfigError, TrainConfig
 from jax_iris.quote import clean, clean_path, quote
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # 128 + SIGINT; SIGTERM gives 143, SIGHUP 129 (process_life)
 NOTHING_WRITTEN = "nothing was written, earlier files are as they were"
+OUTPUTS_WRITTEN = "every output had been written in full"
 CACHE_ENV = "JAX_IRIS_CACHE_DIR"
 CACHE_ENTRY_SUFFIX = "-cache"  # JAX's file cache: <key>-cache, with <key>-atime beside
 _CACHE_WARNINGS = (  # how JAX words a cache entry it could not read or write
@@ -44,6 +44,9 @@ class Interrupted(Exception):
 
 class Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line instead of usage plus error."""
+
+    def __init__(self, *args: Any, prog: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, prog=prog_name(prog) if prog else None, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see --help)\n")
@@ -264,56 +267,54 @@ def note(message: str) -> None:
     print(one_line(message), file=sys.stderr, flush=True)
 
 
-class _TolerantStream(io.TextIOBase):
-    """stdout that survives a closed pipe (``| head``): later output is dropped, the run goes on."""
+_invoked_as: str | None = None  # "jax-iris train" while the dispatcher runs a command
 
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-        self._closed_pipe = False
 
-    def write(self, text: str) -> int:
-        if not self._closed_pipe:
-            try:
-                self._stream.write(text)
-            except BrokenPipeError:
-                self._closed_pipe = True
-        return len(text)
+@contextlib.contextmanager
+def invoked_as(name: str) -> Iterator[None]:
+    """Name the command as the user typed it (``jax-iris train``) in its messages."""
+    global _invoked_as
+    before, _invoked_as = _invoked_as, name
+    try:
+        yield
+    finally:
+        _invoked_as = before
 
-    def flush(self) -> None:
-        if not self._closed_pipe:
-            try:
-                self._stream.flush()
-            except BrokenPipeError:
-                self._closed_pipe = True
 
-    def isatty(self) -> bool:
-        return self._stream.isatty()
+def prog_name(prog: str) -> str:
+    """``prog`` (``train.py``), or the name the user typed (``jax-iris train``)."""
+    return _invoked_as or prog
 
 
 def run_main(prog: str, body: Callable[[], int]) -> int:
-    """Run a command's body; user mistakes become one line on stderr, Ctrl-C exits 130.
+    """Run a command's body; user mistakes become one line on stderr, stop signals too.
 
-    Output that cannot be encoded is escaped, and a closed stdout pipe does not
-    stop the run, so that printing never loses a result.
+    Ctrl-C exits 130, SIGTERM 143, SIGHUP 129 (128 + the signal, see
+    ``process_life``), with one line saying what was kept. Output that cannot be
+    encoded is escaped, and a closed or full stdout does not stop the run, so that
+    printing never loses a result.
     """
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
-    stdout = sys.stdout
-    sys.stdout = _TolerantStream(stdout)
+    prog = prog_name(prog)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = process_life.SafeStream.wrap(stdout, None, "stdout")
+    sys.stderr = process_life.SafeStream.wrap(stderr, None, "stderr")
     try:
+        process_life.begin()
         return body()
     except UsageError as err:
         print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as err:
-        print(f"{prog}: interrupted; {one_line(str(err))}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print(
-            f"{prog}: interrupted; nothing was written, earlier files are as they were",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+        return _stopped(prog, one_line(str(err)))
+    except KeyboardInterrupt as err:
+        kept = OUTPUTS_WRITTEN if getattr(err, "written", False) else NOTHING_WRITTEN
+        return _stopped(prog, kept)
     finally:
-        sys.stdout = stdout
+        process_life.end()
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _stopped(prog: str, kept: str) -> int:
+    signum = process_life.received()
+    print(f"{prog}: {process_life.describe(signum)}; {kept}", file=sys.stderr, flush=True)
+    return process_life.exit_status(signum)

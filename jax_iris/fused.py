@@ -244,7 +244,7 @@ def adam_update(
     g = grad + weight_decay * state.w
     m = (1 - B1) * g + B1 * state.m
     v = (1 - B2) * g**2 + B2 * state.v
-    count = optax.safe_increment(state.count)
+    count = optax.safe_int32_increment(state.count)  # optax >= 0.2.4: safe_increment
     m_hat = m / (1 - B1**count).astype(m.dtype)
     v_hat = v / (1 - B2**count).astype(v.dtype)
     step = (-1 * lr) * (m_hat / (jnp.sqrt(v_hat + 0.0) + EPS))

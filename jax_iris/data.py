@@ -47,7 +47,10 @@ def _iris() -> tuple[np.ndarray, np.ndarray]:
     """
     path = _bundled_iris_csv()
     if path is not None:
-        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64)
+        # An open file, not a path: numpy would call abspath, which fails when the
+        # working folder has been deleted.
+        with open(path, encoding="ascii") as f:
+            table = np.loadtxt(f, delimiter=",", skiprows=1, dtype=np.float64)
         data, target = table[:, :NUM_FEATURES], table[:, NUM_FEATURES]
     else:
         from sklearn.datasets import load_iris

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import os
 import sys
 import tempfile
@@ -118,11 +119,16 @@ def check_writable_dir(path: str | os.PathLike, flag: str) -> Path:
     """
     path = Path(path)
     shown = clean_path(path)
-    if path.is_symlink() and not path.exists():
+    if not path.is_absolute() and working_folder_gone():
         raise UsageError(
-            f"cannot write to {shown}: it is a dangling symlink; choose another {flag}"
+            f"cannot write to {shown}: the working folder no longer exists;"
+            f" cd to an existing folder or give {flag} an absolute path"
         )
     try:
+        if path.is_symlink() and not path.exists():
+            raise UsageError(
+                f"cannot write to {shown}: it is a dangling symlink; choose another {flag}"
+            )
         existing = path
         while not existing.exists():
             if existing.is_symlink():
@@ -149,6 +155,15 @@ def check_writable_dir(path: str | os.PathLike, flag: str) -> Path:
             f"cannot write to {shown} ({_reason(err)}); choose another {flag}"
         ) from None
     return path
+
+
+def working_folder_gone() -> bool:
+    """Whether the working folder has been deleted (relative paths then lead nowhere)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        return True
+    return False
 
 
 def _check_name_lengths(path: Path, existing: Path) -> None:
@@ -309,6 +324,17 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt as err:
         kept = OUTPUTS_WRITTEN if getattr(err, "written", False) else NOTHING_WRITTEN
         return _stopped(prog, kept)
+    except OSError as err:
+        if err.errno != errno.ENAMETOOLONG:
+            raise
+        # A path checked by the file system only: refused whole, as any bad flag.
+        shown = clean_path(err.filename, 80) if err.filename else "a path"
+        print(
+            f"{prog}: error: {shown}: {err.strerror}; choose a shorter path or name."
+            f" {NOTHING_WRITTEN.capitalize()}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     finally:
         process_life.end()
         sys.stdout, sys.stderr = stdout, stderr

@@ -541,9 +541,38 @@ def _from_payload(shown: str, payload: Any) -> Checkpoint:
     history = payload["history"]
     if history is not None:
         history = {key: _rebuild(history[key]) for key in _HISTORY_KEYS}
+    _check_values(shown, params, history)
     return Checkpoint(
         checked.arch, unflatten_params(params), checked.config, checked.metrics, history
     )
+
+
+def _check_values(
+    shown: str, params: dict[str, np.ndarray], history: dict[str, np.ndarray] | None
+) -> None:
+    """Values that load but would break later: params and history must be finite and fit
+    float32 (what jax_iris computes in, as ``convert`` enforces), accuracy in [0, 1]."""
+    limit = float(np.finfo(np.float32).max)
+    named = [(name, value) for name, value in params.items()]
+    named += [(f"history/{key}", value) for key, value in (history or {}).items()]
+    for name, value in named:
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(
+                f"{shown}: {name} holds values that are not finite (NaN or infinite);"
+                " a trained net's are finite, so this file is damaged: train or convert again"
+            )
+        if value.dtype == np.float64 and np.any(np.abs(value) > limit):
+            raise CheckpointError(
+                f"{shown}: {name} holds float64 values beyond float32's range (3.4e38);"
+                " jax_iris trains and evaluates in float32"
+            )
+    if history is not None:
+        accuracy, loss = history["accuracy"], history["loss"]
+        if np.any((accuracy < 0) | (accuracy > 1)) or np.any(loss < 0):
+            raise CheckpointError(
+                f"{shown}: the history holds an accuracy outside [0, 1] or a negative loss;"
+                " a training run never records those, so this file is damaged"
+            )
 
 
 def _rebuild(record: dict[str, Any]) -> np.ndarray:

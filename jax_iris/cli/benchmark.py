@@ -253,16 +253,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--group-size",
         type=int,
         default=0,
-        help="nets per vmapped step of the JAX sweep (default: the library's, 8)",
+        help=f"nets per vmapped step of the JAX sweep, 0 to {MAX_NETS:,}"
+        " (default: 0, the library's, 8)",
     )
     parser.add_argument(
         "--search-epochs",
         type=int,
         default=50,
-        help="epochs of the short runs that pick the torch.compile setting (default: 50)",
+        help="epochs of the short runs that pick the torch.compile setting,"
+        f" 1 to {MAX_EPOCHS:,} (default: 50)",
     )
     parser.add_argument(
-        "--grid-epochs", type=int, default=200, help="epochs of part (d) (default: 200)"
+        "--grid-epochs",
+        type=int,
+        default=200,
+        help=f"epochs of part (d), 1 to {MAX_EPOCHS:,} (default: 200)",
     )
     parser.add_argument("--skip", nargs="*", default=[], choices=("a", "b", "c", "d"))
     parser.epilog = f"In (b), seeds x epochs is at most {MAX_SEED_EPOCHS:,}."
@@ -277,6 +282,17 @@ def check_args(args: argparse.Namespace) -> None:
         if not 1 <= value <= high:
             raise UsageError(
                 f"{flag_name(name)} must be an integer from 1 to {high:,}, got {value}"
+            )
+    for name, low, high in (
+        ("search_epochs", 1, MAX_EPOCHS),
+        ("grid_epochs", 1, MAX_EPOCHS),
+        ("group_size", 0, MAX_NETS),
+    ):
+        value = getattr(args, name)
+        if not low <= value <= high:
+            default = " (0: the library's default)" if low == 0 else ""
+            raise UsageError(
+                f"{flag_name(name)} must be an integer from {low} to {high:,}{default}, got {value}"
             )
     if "b" not in args.skip and args.seeds * args.epochs > MAX_SEED_EPOCHS:
         raise UsageError(

@@ -10,6 +10,7 @@ import pickle
 import re
 import sys
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -20,6 +21,8 @@ from jax_iris.cli.common import Parser, UsageError, note, run_main
 from jax_iris.quote import quote
 
 PROG = "convert.py"
+PTH_ITEM_BYTES = 8  # float64, the widest dtype a state_dict of the nets may hold
+PTH_STRUCTURE_BYTES = 1 << 20  # data.pkl, version, byte order: a few hundred bytes in practice
 TORCH_SUFFIXES = (".pth", ".pt")
 JAX_SUFFIX = ".pkl"
 WHOLE_MODULE_HINT = (
@@ -93,7 +96,39 @@ def _torch_reference() -> ModuleType:
     return torch_reference
 
 
+def _pth_bound() -> int:
+    """The most bytes a ``.pth`` of the known nets may unpack to: every param of the
+    largest net in float64, plus room for the pickled structure."""
+    from math import prod
+
+    from jax_iris.torch_compat import torch_shapes
+
+    numel = max(sum(map(prod, torch_shapes(arch).values())) for arch in registry.ARCHS)
+    return PTH_ITEM_BYTES * numel + PTH_STRUCTURE_BYTES
+
+
+def _check_pth_bounds(source: Path) -> None:
+    """Refuse, before ``torch.load`` unpacks anything, a file that would unpack to more
+    than the known nets hold (a decompression bomb: a small file, gigabytes of tensor)."""
+    bound = _pth_bound()
+    try:
+        is_zip = zipfile.is_zipfile(source)
+        if not is_zip:  # the legacy format is not compressed: its size is what it loads
+            declared = source.stat().st_size
+        else:
+            with zipfile.ZipFile(source) as archive:
+                declared = sum(info.file_size for info in archive.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load then says what is wrong with it
+    if declared > bound:
+        raise UsageError(
+            f"{source}: refused, it would unpack to {declared:,} bytes, more than the known"
+            f" nets hold ({bound:,} bytes at most in float64); it is not a state_dict of them"
+        )
+
+
 def _read_state_dict(source: Path) -> Mapping[str, Any]:
+    _check_pth_bounds(source)
     torch_reference = _torch_reference()
     try:
         with warnings.catch_warnings():  # torch warns about what it loads (quantized tensors)

@@ -124,53 +124,46 @@ def is_leader() -> bool:
     return process_index() == 0
 
 
-def local_rows(sharding: Any, n: int) -> np.ndarray:
-    """The rows of an ``[n, ...]`` array under ``sharding`` that this process's devices
-    hold, ascending: all ``n`` in one process, this process's block across several."""
-    rows: set[int] = set()
-    for index in sharding.addressable_devices_indices_map((n,)).values():
-        rows.update(range(n)[index[0]])
-    return np.array(sorted(rows), dtype=np.int64)
+def gather_parts(parts: list[Any]) -> list[Any]:
+    """Every process's ``parts`` (one pytree of numpy arrays per local device, in its
+    ``jax.devices()`` order), as one list on every process, process 0's first.
 
-
-def place(local: Any, sharding: Any, n: int | None = None) -> Any:
-    """Global arrays from this process's part of each leaf of ``local``.
-
-    Each leaf holds the rows ``local_rows(sharding, n)`` of a global ``[n, ...]``
-    array (``n=None``: the leaf is the whole array, for a replicated ``sharding``).
-    ``jax.make_array_from_process_local_data`` puts them on this process's devices;
-    no data crosses processes.
+    ``multihost_utils.process_allgather`` stacks each leaf over processes; every
+    process holds as many devices and leaves of the same shapes. A process that died
+    during the gather becomes a ``DistributedError``.
     """
     import jax
-
-    def one(leaf: Any) -> jax.Array:
-        leaf = np.asarray(leaf)
-        shape = leaf.shape if n is None else (n, *leaf.shape[1:])
-        return jax.make_array_from_process_local_data(sharding, leaf, shape)
-
-    return jax.tree_util.tree_map(one, local)
-
-
-def gather(tree: Any) -> Any:
-    """Every leaf of ``tree`` in full as a numpy array, on every process.
-
-    One process: ``jax.device_get``. Several: ``multihost_utils.process_allgather``
-    (tiled, so each leaf keeps its global shape). A process that died during the
-    gather becomes a ``DistributedError``.
-    """
-    import jax
-
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
     from jax.experimental import multihost_utils
 
+    stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *parts)
     try:
-        return multihost_utils.process_allgather(tree, tiled=True)
+        everyone = multihost_utils.process_allgather(stacked, tiled=False)
     except jax.errors.JaxRuntimeError as err:
         raise DistributedError(
             f"process {jax.process_index()} of {jax.process_count()} lost contact with"
             f" another process while gathering results ({_first_line(err)})"
         ) from None
+    everyone = jax.tree_util.tree_map(np.asarray, everyone)
+    return [
+        jax.tree_util.tree_map(lambda a, p=p, d=d: a[p, d], everyone)
+        for p in range(jax.process_count())
+        for d in range(len(parts))
+    ]
+
+
+def allgather_bytes(data: bytes, size: int = 64) -> list[bytes]:
+    """Each process's ``data`` (at most ``size`` bytes) on every process, in process order."""
+    import jax
+    from jax.experimental import multihost_utils
+
+    buffer = np.zeros(size + 1, np.uint8)
+    buffer[0] = len(data[:size])
+    buffer[1 : 1 + buffer[0]] = np.frombuffer(data[:size], np.uint8)
+    try:
+        got = np.asarray(multihost_utils.process_allgather(buffer, tiled=False))
+    except jax.errors.JaxRuntimeError as err:
+        raise DistributedError(f"lost contact with another process ({_first_line(err)})") from None
+    return [bytes(row[1 : 1 + row[0]]) for row in got]
 
 
 def broadcast_text(text: str, size: int = 4096) -> str:

@@ -34,9 +34,20 @@ MULTIPLE_COMPARISONS = (
 
 
 def cell_masks(result: GridResult) -> list[tuple[float, float, np.ndarray]]:
-    """``(lr, weight decay, mask over nets)`` for every cell, in grid order."""
+    """``(lr, weight decay, mask over nets)`` for every cell, in grid order.
+
+    The values are the shortest decimals of the float32 values trained with (0.01,
+    not 0.009999999776): what the CSV prints, and ``float32(value)`` is exact.
+    """
     cells = dict.fromkeys(zip(result.lr.tolist(), result.weight_decay.tolist()))
-    return [(lr, wd, (result.lr == lr) & (result.weight_decay == wd)) for lr, wd in cells]
+    return [
+        (
+            float(float32_text(lr)),
+            float(float32_text(wd)),
+            (result.lr == lr) & (result.weight_decay == wd),
+        )
+        for lr, wd in cells
+    ]
 
 
 def _final(result: GridResult, split: str, metric: str) -> np.ndarray:
@@ -149,6 +160,7 @@ CSV_COLUMNS = (
     "head",
     "lr",
     "weight_decay",
+    "epochs",
     "seed",
     "split_seed",
     *(f"{split}_{metric}" for split in SPLITS for metric in METRICS),
@@ -156,8 +168,13 @@ CSV_COLUMNS = (
 )
 
 
+def float32_text(value: float) -> str:
+    """The shortest decimal that reads back as this float32 value: exact, not rounded."""
+    return str(np.float32(value))
+
+
 def csv_text(results: Results) -> str:
-    """One row per net (tidy), every cell of every (arch, head)."""
+    """One row per net (tidy), every cell of every (arch, head); values exact (float32)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
@@ -166,9 +183,9 @@ def csv_text(results: Results) -> str:
         success = _final(result, "train", "accuracy") >= SUCCESS_ACCURACY - 1e-6
         for i in range(len(result.seeds)):
             writer.writerow(
-                [arch, head, f"{result.lr[i]:g}", f"{result.weight_decay[i]:g}"]
-                + [int(result.seeds[i]), int(result.split_seeds[i])]
-                + [f"{v[i]:.6f}" for v in values]
+                [arch, head, float32_text(result.lr[i]), float32_text(result.weight_decay[i])]
+                + [result.config.epochs, int(result.seeds[i]), int(result.split_seeds[i])]
+                + [float32_text(v[i]) for v in values]
                 + [int(success[i])]
             )
     return buffer.getvalue()

@@ -193,23 +193,118 @@ def split_batches(split: Split, dtype: Any = jnp.float32) -> SplitBatches:
     return SplitBatches(*(as_batch(part, dtype) for part in split))
 
 
-def chunk_lengths(epochs: int, log_every: int) -> list[int]:
-    full, rest = divmod(epochs, log_every)
-    return [log_every] * full + ([rest] if rest else [])
+# --- The group program: the one shape every net is trained in -------------------------
+#
+# float32 Adam turns one ulp into another outcome, and XLA compiles a vmapped batch of
+# 2 nets to other kernels (other rounding) than a batch of 8. So every net, in a
+# sweep of any size, on any number of devices or processes, and alone in ``fit``, is
+# trained by the same compiled body: a group of exactly ``group`` nets (``vmap``),
+# groups run one after another (``lax.map``), padded with copies where nets are
+# fewer. Initialisation, epochs and the final table are separate programs with the
+# state passed between them, so epochs can run in blocks of any length (measured:
+# 200 epochs as one block, 2 x 100 or 4 x 50 agree bit for bit).
 
 
-def _run_chunk(
-    state: TrainState, batches: SplitBatches, hparams: Hparams, num_epochs: int, model: Any
-) -> tuple[TrainState, Metrics, jax.Array, SplitMetrics]:
-    """``run_epochs`` on the train split, then two things ``fit`` needs without another program:
+class Programs(NamedTuple):
+    """The compiled pieces for one (arch, head, group); see ``programs``."""
 
-    a flag saying whether every parameter is still finite (checked on device), and
-    the metrics on every split after the chunk (the final table, after the last).
+    init: Callable  # (seeds uint32 [n], hparams [n]) -> TrainState [n]
+    start: Callable  # (params [n], hparams [n]) -> TrainState [n]
+    run: Callable  # (state [n], train Batch [n], hparams [n], num_epochs) -> (state, Metrics)
+    table: Callable  # (params [n], SplitBatches [n]) -> SplitMetrics [n]
+    group: int
+
+
+def default_group_size(platform: str | None = None) -> int:
+    """Nets per vmapped step: 8 on CPU (a group's activations stay in cache), 1024 on
+    accelerators (one wide step). Fixed per platform, never derived from a sweep's size."""
+    platform = platform or jax.default_backend()
+    return 8 if platform == "cpu" else 1024
+
+
+def padded_size(n: int, group: int) -> int:
+    """``n`` rounded up to whole groups: the shape a call runs."""
+    return -(-n // group) * group
+
+
+def _group_map(fn: Callable, group: int) -> Callable:
+    """``fn`` on one net, applied to [n, ...] inputs ``group`` nets at a time."""
+    return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=group)
+
+
+@functools.cache
+def programs(spec: registry.ArchSpec, head: str, group: int) -> Programs:
+    """The group programs, jitted once per process and cached here.
+
+    Each runs on the device its inputs sit on: a sweep over several devices gives
+    each device its share of the nets as separate calls of these same programs
+    (measured: one program over a ``shard_map`` mesh of 2 CPU devices rounds
+    differently from the same group on one device). Cached on the registry entry
+    (an ``ArchSpec``), so a name registered again is compiled afresh.
     """
-    state, metrics = run_epochs(state, batches.train, hparams, num_epochs, model)
-    leaves = jax.tree_util.tree_leaves(state.params)
-    finite = jnp.stack([jnp.isfinite(leaf).all() for leaf in leaves]).all()
-    return state, metrics, finite, split_metrics(state.params, batches, model)
+    model = get_model(spec.name, head)
+
+    def init(seed: jax.Array, hparams: Hparams) -> TrainState:
+        return init_state(init_params(spec.name, jax.random.key(seed), hparams.lr.dtype), hparams)
+
+    def table(params: Params, batches: SplitBatches) -> SplitMetrics:
+        return split_metrics(params, batches, model)
+
+    def run(state: TrainState, batch: Batch, hparams: Hparams, num_epochs: int):
+        def one(s: TrainState, b: Batch, h: Hparams) -> tuple[TrainState, Metrics]:
+            return run_epochs(s, b, h, num_epochs, model)
+
+        return _group_map(one, group)(state, batch, hparams)
+
+    return Programs(
+        init=jax.jit(_group_map(init, group)),
+        start=jax.jit(_group_map(init_state, group)),
+        run=jax.jit(run, static_argnums=3),
+        table=jax.jit(_group_map(table, group)),
+        group=group,
+    )
+
+
+def epoch_blocks(epochs: int, block: int) -> list[int]:
+    """``epochs`` as blocks of ``block`` and a remainder."""
+    full, rest = divmod(epochs, block)
+    return [block] * full + ([rest] if rest else [])
+
+
+chunk_lengths = epoch_blocks
+
+
+def _tile(tree: Any, n: int) -> Any:
+    """Every leaf repeated along a new leading axis of length ``n`` (numpy or device)."""
+    return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), tree)
+
+
+def _first(tree: Any) -> Any:
+    return jax.tree_util.tree_map(lambda a: a[0], tree)
+
+
+class _CompileTimer:
+    """Seconds spent compiling while active (JAX reports each backend compile)."""
+
+    seconds = 0.0
+    _active: list[_CompileTimer] = []
+    _registered = False
+
+    def __enter__(self) -> _CompileTimer:
+        if not _CompileTimer._registered:
+            jax.monitoring.register_event_duration_secs_listener(_CompileTimer._listen)
+            _CompileTimer._registered = True
+        self._active.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._active.remove(self)
+
+    @staticmethod
+    def _listen(event: str, seconds: float, **_: Any) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            for timer in _CompileTimer._active:
+                timer.seconds += seconds
 
 
 def _check_finite(metrics: Metrics, params_finite: bool, epoch_offset: int) -> None:
@@ -234,75 +329,58 @@ def fit(
     split: Split | None = None,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
-    """Train one net as the blog does: the pieces of ``make_train``, run chunk by chunk.
+    """Train one net as the blog does, in the sweep's group program (one real net).
 
-    Epochs run in compiled ``lax.scan`` chunks of ``config.log_every`` so that
-    ``progress(epoch, loss, accuracy)`` can be called between chunks without a
-    host round trip every epoch. ``init_params`` starts from given weights (for
-    example converted from PyTorch) instead of ``jax.random.key(config.seed)``.
+    The net's params, history and final table are bit for bit those of the same
+    net (seed, split seed, lr, weight decay, epochs) in any sweep on this platform.
+    Epochs run in compiled blocks of ``config.log_every`` so that
+    ``progress(epoch, loss, accuracy)`` can be called between blocks; a second
+    ``fit`` of the same shapes compiles nothing. ``init_params`` starts from given
+    weights (for example converted from PyTorch) instead of
+    ``jax.random.key(config.seed)``.
 
     Raises:
         DivergenceError: the loss or a parameter became NaN or infinite.
     """
     split = split if split is not None else load_split(config.split_seed)
-    model = get_model(config.arch, config.head)
-    start = time.perf_counter()
-    if init_params is None:
-        dtype = jnp.float32
-        hparams = hparams_of(config, dtype)
-        start_args = (np.uint32(config.seed), hparams)
-        lowered_start = _start_jit.lower(registry.arch_spec(config.arch), *start_args)
-    else:
-        params = jax.tree_util.tree_map(jnp.asarray, init_params)
-        dtype = jax.tree_util.tree_leaves(params)[0].dtype
-        hparams = hparams_of(config, dtype)
-        start_args = (params, hparams)
-        lowered_start = _init_state_jit.lower(*start_args)
-    batches = split_batches(split, dtype)
-    lengths = chunk_lengths(config.epochs, config.log_every)
-    lowered = [lowered_start] + [
-        jax.jit(functools.partial(_run_chunk, num_epochs=n, model=model)).lower(
-            lowered_start.out_info, batches, hparams
-        )
-        for n in sorted(set(lengths))
-    ]
-    start_program, *programs = (program.compile() for program in lowered)
-    compiled = dict(zip(sorted(set(lengths)), programs))
-    compile_seconds = time.perf_counter() - start
-    state = start_program(*start_args)
+    with _CompileTimer() as timer:
+        start = time.perf_counter()
+        group = default_group_size()
+        progs = programs(registry.arch_spec(config.arch), config.head, group)
+        if init_params is None:
+            dtype = jnp.float32
+            hparams = _tile(hparams_of(config, dtype), group)
+            state = progs.init(np.full(group, config.seed, np.uint32), hparams)
+        else:
+            params = jax.tree_util.tree_map(jnp.asarray, init_params)
+            dtype = jax.tree_util.tree_leaves(params)[0].dtype
+            hparams = _tile(hparams_of(config, dtype), group)
+            state = progs.start(_tile(params, group), hparams)
+        batches = _tile(split_batches(split, dtype), group)
+        setup_seconds = time.perf_counter() - start
 
-    start = time.perf_counter()
-    chunks, done = [], 0
-    for n in lengths:
-        state, metrics, params_finite, final = compiled[n](state, batches, hparams)
-        _check_finite(metrics, bool(params_finite), done)
-        chunks.append(metrics)
-        done += n
-        if progress is not None:
-            loss, accuracy = jax.device_get((metrics.loss, metrics.accuracy))
-            progress(done, float(loss[-1]), float(accuracy[-1]))
-    train_seconds = time.perf_counter() - start
-
+        start = time.perf_counter()
+        chunks, done = [], 0
+        for n in epoch_blocks(config.epochs, config.log_every):
+            state, metrics = progs.run(state, batches.train, hparams, n)
+            metrics = jax.device_get(_first(metrics))
+            params_finite = all(
+                bool(np.isfinite(leaf).all())
+                for leaf in jax.tree_util.tree_leaves(jax.device_get(_first(state.params)))
+            )
+            _check_finite(metrics, params_finite, done)
+            chunks.append(metrics)
+            done += n
+            if progress is not None:
+                progress(done, float(metrics.loss[-1]), float(metrics.accuracy[-1]))
+        final = progs.table(state.params, batches)
+        params = jax.device_get(_first(state.params))
+        final = to_host(_first(final))
+        elapsed = time.perf_counter() - start + setup_seconds
+    compile_seconds = min(timer.seconds, elapsed)
     history = Metrics(*(np.concatenate([np.asarray(c[i]) for c in chunks]) for i in range(2)))
-    return TrainResult(state.params, history, to_host(final), compile_seconds, train_seconds)
-
-
-# The compiled helpers below are cached on the registry entry (an ArchSpec), not the
-# arch's name, so a name registered again with another module is compiled afresh.
-@functools.partial(jax.jit, static_argnums=0)
-def _start_jit(spec: registry.ArchSpec, seed: jax.Array, hparams: Hparams) -> TrainState:
-    """Initial params (torch-style, from ``jax.random.key(seed)``) and optimiser state."""
-    return init_state(init_params(spec.name, jax.random.key(seed)), hparams)
-
-
-_init_state_jit = jax.jit(init_state)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _metrics_jit(
-    spec: registry.ArchSpec, head: str, params: Params, batches: SplitBatches
-) -> SplitMetrics:
-    return split_metrics(params, batches, get_model(spec.name, head))
+    params = jax.tree_util.tree_map(jnp.asarray, params)
+    return TrainResult(params, history, final, compile_seconds, elapsed - compile_seconds)
 
 
 def to_host(metrics: SplitMetrics) -> SplitMetrics:
@@ -314,11 +392,14 @@ def evaluate(config: TrainConfig, params: Params, split: Split | None = None) ->
     """Loss and accuracy on each split (``config.split_seed``'s unless ``split`` is given).
 
     The config says the arch and, as important, the head the params were trained with.
+    Computed by the group program, so the figures are those ``fit`` and sweeps report.
     """
     split = split if split is not None else load_split(config.split_seed)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
-    spec = registry.arch_spec(config.arch)
-    return to_host(_metrics_jit(spec, config.head, params, split_batches(split, dtype)))
+    group = default_group_size()
+    progs = programs(registry.arch_spec(config.arch), config.head, group)
+    batches = _tile(split_batches(split, dtype), group)
+    return to_host(_first(progs.table(_tile(params, group), batches)))
 
 
 def metrics_dict(metrics: SplitMetrics) -> dict[str, dict[str, Any]]:

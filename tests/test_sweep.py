@@ -59,9 +59,9 @@ def test_net_i_of_a_sweep_is_fit_with_seed_i(arch):
     for i, seed in enumerate(SEEDS):
         single = fit(config_of(arch, seed=seed))
         for fitted, swept in zip(leaves(single.params), leaves(sweep.params)):
-            np.testing.assert_allclose(swept[i], fitted, rtol=0, atol=SWEEP_VS_FIT_ATOL)
+            np.testing.assert_array_equal(swept[i], fitted)  # bit for bit
         np.testing.assert_array_equal(sweep.history.accuracy[i], single.history.accuracy)
-        np.testing.assert_allclose(sweep.history.loss[i], single.history.loss, atol=1e-6)
+        np.testing.assert_array_equal(sweep.history.loss[i], single.history.loss)
         for split in SPLITS:
             assert getattr(sweep.final, split).accuracy[i] == getattr(single.final, split).accuracy
 
@@ -70,7 +70,7 @@ def test_a_sweep_records_every_net():
     sweep = seed_sweep("linear")
     np.testing.assert_array_equal(sweep.seeds, SEEDS)
     np.testing.assert_array_equal(sweep.split_seeds, [666] * 4)
-    np.testing.assert_array_equal(sweep.lr, [0.005] * 4)
+    np.testing.assert_array_equal(sweep.lr, [np.float32(0.005)] * 4)  # as trained
     assert not sweep.vary_split and sweep.config.seed == 0
     assert sweep.history.loss.shape == (4, SHORT_EPOCHS)
     assert all(leaf.shape[0] == 4 for leaf in leaves(sweep.params))
@@ -96,7 +96,7 @@ def test_each_net_can_have_its_own_split():
     np.testing.assert_array_equal(sweep.split_seeds, [7, 8])
     for i, (seed, split_seed) in enumerate(((1, 7), (2, 8))):
         single = fit(config_of(seed=seed, split_seed=split_seed))
-        np.testing.assert_allclose(sweep.history.loss[i], single.history.loss, atol=1e-6)
+        np.testing.assert_array_equal(sweep.history.loss[i], single.history.loss)
     on_the_blog_split = fit(config_of(seed=1))
     assert not np.allclose(sweep.history.loss[0], on_the_blog_split.history.loss)
 
@@ -146,7 +146,7 @@ def test_sharded_over_four_cpu_devices_equals_unsharded(tmp_path):
     sharded = json.loads(proc.stdout)
     assert sharded["devices"] == 4
     local = train_seeds(TrainConfig(arch="atten", epochs=30), np.arange(10), history=True)
-    np.testing.assert_allclose(sharded["loss"], local.history.loss, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(sharded["loss"], local.history.loss)  # bit for bit
     np.testing.assert_array_equal(sharded["test"], local.final.test.accuracy)
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from jax_iris.cli.common import (
-    NOTHING_WRITTEN,
     Interrupted,
     Parser,
     UsageError,
@@ -29,19 +30,23 @@ from jax_iris.cli.common import (
     check_writable_dir,
     config_from_args,
     enable_compilation_cache,
+    flag_name,
     run_main,
     use_host_devices,
 )
 from jax_iris.cli.distributed import (
     add_distributed_flags,
     check_distributed_args,
-    followers_stop,
     run_distributed,
 )
 from jax_iris.config import SweepConfig, TrainConfig
-from jax_iris.quote import clean_path
+from jax_iris.quote import clean, clean_path
 
 PROG = "sweep.py"
+MAX_SHARDS = 100_000
+GRID_PNGS = ("success.png", "paired_test_accuracy.png")
+HISTORY_SUFFIX = "-history.npy"  # float32 [nets, epochs, 2]: loss, accuracy
+PARAMS_SUFFIX = "-params.npz"  # one array per parameter, [nets, ...]
 CSV_NAME = "sweep.csv"
 JSON_NAME = "summary.json"
 PNG_NAME = "accuracy.png"
@@ -73,6 +78,18 @@ def parser() -> Parser:
         default=os.cpu_count() or 1,
         help="on CPU, run the sweep as this many XLA devices (default: %(default)s, one a core)",
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="replace another sweep kept in OUT instead of refusing; nothing changes until"
+        " the new sweep is complete",
+    )
+    p.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="train only shard K of N (chunk c belongs to shard c %% N); under a SLURM job"
+        " array taken from SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT",
+    )
     add_distributed_flags(p)
     return p
 
@@ -81,9 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def body() -> int:
-        sweep = build_config(
-            SweepConfig, {name: getattr(args, name) for name in SweepConfig.__dataclass_fields__}
-        )
+        merged = {
+            name: (getattr(args, name), list(float32_values(getattr(args, name))))
+            for name in ("lr", "weight_decay")
+        }
+        values = {name: getattr(args, name) for name in SweepConfig.__dataclass_fields__}
+        values.update({name: rounded for name, (_, rounded) in merged.items()})
+        sweep = build_config(SweepConfig, values)
         # lr and weight decay are lists here (the sweep's); the base config takes the first.
         first = {"lr": sweep.lr[0], "weight_decay": sweep.weight_decay[0]}
         base = config_from_args(
@@ -91,97 +112,455 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if not 1 <= args.host_devices <= 1024:
             raise UsageError(f"--host-devices must be from 1 to 1024, got {args.host_devices}")
+        shard = parse_shard(args.shard, os.environ)
         out = check_writable_dir(args.out, "--out")
         plan = check_distributed_args(args)
+        if plan is not None and shard is not None:
+            raise UsageError(
+                "--shard and several processes (jax.distributed) do not mix: give each"
+                " shard its own single-process job"
+            )
+        check_targets(planned_outputs(sweep, out, tensorboard=not args.no_tensorboard), out)
+        for name, (given, rounded) in merged.items():
+            if len(rounded) < len(dict.fromkeys(given)):
+                print(
+                    f"note: some {flag_name(name)} values are one float32 value; they are one"
+                    f" cell each: {' '.join(float32_text(v) for v in rounded)}"
+                )
         use_host_devices(args.host_devices)
 
         def work() -> int:
             enable_compilation_cache()
-            return run_sweep(sweep, base, out, tensorboard=not args.no_tensorboard)
+            return run_sweep(
+                sweep,
+                base,
+                out,
+                tensorboard=not args.no_tensorboard,
+                fresh=args.fresh,
+                shard=shard,
+            )
 
         return run_distributed(PROG, plan, work)
 
     return run_main(PROG, body)
 
 
-def run_sweep(sweep: SweepConfig, base: TrainConfig, out: Path, tensorboard: bool = True) -> int:
+def float32_values(values: Sequence[float]) -> tuple[float, ...]:
+    """Each value as the float32 it trains with, equal ones once (no numpy, no jax)."""
+    rounded = []
+    for value in values:
+        try:
+            rounded.append(struct.unpack("<f", struct.pack("<f", value))[0])
+        except (OverflowError, struct.error):
+            rounded.append(value)  # out of float32's range: the config check says so
+    return tuple(dict.fromkeys(rounded))
+
+
+def float32_text(value: float) -> str:
+    """The shortest decimal that is this float32 value."""
+    for digits in range(1, 10):
+        text = f"{value:.{digits}g}"
+        if float32_values([float(text)])[0] == value:
+            return text
+    return repr(value)
+
+
+class Shard(NamedTuple):
+    index: int  # K, from 0
+    count: int  # N
+    source: str  # "--shard" or "SLURM"
+
+
+def parse_shard(text: str | None, environ: Mapping[str, str]) -> Shard | None:
+    """``--shard K/N``, else a SLURM job array's task (``SLURM_ARRAY_TASK_ID`` counted from
+    ``SLURM_ARRAY_TASK_MIN`` over ``SLURM_ARRAY_TASK_COUNT``), else None."""
+    if text is None:
+        if "SLURM_ARRAY_TASK_ID" not in environ or "SLURM_ARRAY_TASK_COUNT" not in environ:
+            return None
+        try:
+            task = int(environ["SLURM_ARRAY_TASK_ID"])
+            first = int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            count = int(environ["SLURM_ARRAY_TASK_COUNT"])
+        except ValueError:
+            raise UsageError(
+                "SLURM_ARRAY_TASK_ID, _MIN and _COUNT must be integers; give --shard K/N"
+            ) from None
+        index, source = task - first, "SLURM"
+    else:
+        k, sep, n = text.partition("/")
+        if not sep or not (k.isascii() and k.isdigit() and n.isascii() and n.isdigit()):
+            raise UsageError(f"--shard must be K/N, e.g. 0/4, got {clean(text, 40)!r}")
+        index, count, source = int(k), int(n), "--shard"
+    if not 1 <= count <= MAX_SHARDS or not 0 <= index < count:
+        raise UsageError(
+            f"{source} must give a shard K from 0 to N-1 of N from 1 to {MAX_SHARDS:,},"
+            f" got {index}/{count} (a SLURM array must be consecutive: --array=0-{count - 1})"
+        )
+    return Shard(index, count, source)
+
+
+def planned_outputs(sweep: SweepConfig, out: Path, tensorboard: bool) -> list[Path]:
+    """Every path the final commit writes, known before training."""
+    from jax_iris.report import HPARAMS_EVENTS_NAME, cell_run_name
+
+    cells = len(sweep.lr) * len(sweep.weight_decay)
+    paths = [out / CSV_NAME, out / JSON_NAME]
+    paths += [out / name for name in (GRID_PNGS if cells > 1 else (PNG_NAME,))]
+    for arch in sweep.arch:
+        for head in sweep.head:
+            if sweep.keep_history:
+                paths.append(out / f"{arch}-{head}{HISTORY_SUFFIX}")
+            if sweep.keep_params:
+                paths.append(out / f"{arch}-{head}{PARAMS_SUFFIX}")
+            if tensorboard and cells > 1:
+                for lr in sweep.lr:
+                    for wd in sweep.weight_decay:
+                        cell = {"arch": arch, "head": head, "lr": lr, "weight_decay": wd}
+                        paths.append(
+                            out / TENSORBOARD_DIR / cell_run_name(cell) / HPARAMS_EVENTS_NAME
+                        )
+    if tensorboard and cells > 1:
+        paths.append(out / TENSORBOARD_DIR / HPARAMS_EVENTS_NAME)
+    return paths
+
+
+def manifest_of(sweep: SweepConfig, base: TrainConfig, group: int) -> dict:
+    """What decides every number of the sweep (see ``jax_iris.store``)."""
+    import importlib.metadata
+
+    import jax
+
+    from jax_iris.store import FORMAT, VERSION
+
+    def version(name: str) -> str:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "unknown"
+
+    values = sweep.to_dict()
+    values["group_size"] = group
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "sweep": values,
+        "train": {"epochs": base.epochs, "split_seed": base.split_seed, "dtype": "float32"},
+        "platform": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "versions": {
+            name: version(name) for name in ("jax-iris", "jax", "jaxlib", "flax", "optax", "numpy")
+        },
+    }
+
+
+def run_sweep(
+    sweep: SweepConfig,
+    base: TrainConfig,
+    out: Path,
+    tensorboard: bool = True,
+    fresh: bool = False,
+    shard: Shard | None = None,
+) -> int:
     import dataclasses
 
     import jax
     import numpy as np
 
-    from jax_iris.fileio import commit
+    from jax_iris import distributed
+    from jax_iris.fileio import recover
+    from jax_iris.models import param_shapes
     from jax_iris.progress import Progress
-    from jax_iris.sweep import DEFAULT_GROUP_SIZE, train_grid
-    from jax_iris.sweep_report import csv_text, format_summary, summarize_grid
+    from jax_iris.store import Store, StoreError
+    from jax_iris.sweep import plan_grid, train_chunk
+    from jax_iris.train import default_group_size
 
+    group = sweep.group_size or default_group_size()
+    manifest = manifest_of(sweep, base, group)
+    store = Store(out, manifest)
+    leader = distributed.process_index() == 0
+    if distributed.process_count() > 1:
+        check_same_sweep(manifest)
     seeds = np.arange(sweep.seeds)
-    split_seeds = seeds if sweep.vary_split else None
     runs = [(arch, head) for arch in sweep.arch for head in sweep.head]
+    plans = {
+        (arch, head): plan_grid(
+            dataclasses.replace(base, arch=arch, head=head),
+            seeds,
+            sweep.lr,
+            sweep.weight_decay,
+            seeds if sweep.vary_split else None,
+            chunk_size=sweep.chunk_size,
+            group_size=group,
+        )
+        for arch, head in runs
+    }
+    shapes = {run: param_shapes(run[0]) if sweep.keep_params else {} for run in runs}
+    work = [(run, i) for run in runs for i in range(plans[run].chunks)]
+    try:
+        if leader:
+            recover(out)
+            store.check_others(fresh)
+            store.open()
+        done = _stored_chunks(store, plans, shapes, work) if leader else set()
+        if distributed.process_count() > 1:
+            done = _shared_set(done, work)
+    except StoreError as err:
+        raise UsageError(str(err)) from None
+    mine = [item for k, item in enumerate(work) if shard is None or k % shard.count == shard.index]
+    todo = [item for item in mine if item not in done]
     cells = len(sweep.lr) * len(sweep.weight_decay)
     print(
-        f"devices: {jax.device_count()} x {jax.devices()[0].platform}; {len(runs)} (arch, head)"
-        f" x {cells} cells x {sweep.seeds} seeds = {len(runs) * sweep.nets_per_run:,} nets"
+        f"devices: {jax.device_count()} x {jax.devices()[0].platform}, {group} nets a group;"
+        f" {len(runs)} (arch, head) x {cells} cells x {sweep.seeds} seeds ="
+        f" {len(runs) * sweep.nets_per_run:,} nets in {len(work)} chunks"
     )
-    results = {}
+    if shard is not None:
+        print(f"shard {shard.index}/{shard.count} ({shard.source}): {len(mine)} of the chunks")
+    if len(todo) < len(mine):
+        print(
+            f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already in"
+            f" {clean_path(store.folder)}; training {len(todo)}"
+        )
+    kept = len(done)
     try:
-        for arch, head in runs:
-            config = dataclasses.replace(base, arch=arch, head=head)
-            per_cell = sweep.seeds
+        for run in runs:
+            chunks = [i for r, i in todo if r == run]
+            if not chunks:
+                continue
+            plan = plans[run]
+            trained = plan.nets - sum(len(plan.chunk_range(i)) for i in chunks)
             with Progress(
-                sweep.nets_per_run,
-                f"{arch}, {head}",
+                plan.nets,
+                f"{run[0]}, {run[1]}",
                 "nets",
-                extra=lambda done, k=per_cell, c=cells: f"{done // k}/{c} cells",
+                extra=lambda done, k=sweep.seeds, c=cells: f"{done // k}/{c} cells",
             ) as bar:
                 start = time.perf_counter()
-                result = train_grid(
-                    config,
-                    seeds,
-                    sweep.lr,
-                    sweep.weight_decay,
-                    split_seeds,
-                    chunk_size=sweep.chunk_size,
-                    group_size=sweep.group_size or DEFAULT_GROUP_SIZE,
-                    progress=lambda done, _total: bar.update(done),
-                )
+                for i in chunks:
+                    result = train_chunk(
+                        plan, i, history=sweep.keep_history, params=sweep.keep_params
+                    )
+                    if leader:
+                        store.write(*run, i, _arrays(result, shapes[run]), shapes[run])
+                    kept += 1
+                    trained += len(plan.chunk_range(i))
+                    bar.update(trained)
                 seconds = time.perf_counter() - start
-            n = len(result.seeds)
-            print(f"{arch}, {head}: {n:,} nets x {config.epochs} epochs in {seconds:.1f} s")
-            diverged = int(np.sum(~np.isfinite(np.asarray(result.final.train.loss))))
-            if diverged == n:
-                raise UsageError(
-                    f"{arch}, {head}: every net diverged (non-finite loss); try smaller --lr"
-                    " values. Nothing was written"
-                )
-            if diverged:
-                print(f"{arch}, {head}: {diverged} of {n} nets diverged (non-finite loss)")
-            results[(arch, head)] = result
-        if followers_stop(out):  # across processes, process 0 alone summarises and writes
-            return 0
-        summary = summarize_grid(results)
-        summary["sweep"] = sweep.to_dict()
-        print()
-        print(format_summary(summary))
-        files = {
-            out / CSV_NAME: csv_text(results).encode(),
-            out / JSON_NAME: (json.dumps(summary, indent=2) + "\n").encode(),
-        }
-        files.update(figures(results, summary, out))
-        if tensorboard and cells > 1:
-            files.update(hparams_files(summary, out))
-        check_targets(files, out)
+            nets = sum(len(plan.chunk_range(i)) for i in chunks)
+            print(f"{run[0]}, {run[1]}: {nets:,} nets x {base.epochs} epochs in {seconds:.1f} s")
     except KeyboardInterrupt:
-        raise Interrupted(NOTHING_WRITTEN) from None
+        raise Interrupted(
+            f"{kept} of {len(work)} chunks are kept in {clean_path(store.folder)}; run the same"
+            " command again to resume"
+        ) from None
+    if distributed.process_count() > 1:
+        distributed.allgather_bytes(b"trained")  # every chunk is on disk before the check
+    if not leader:
+        return followers_done(out)
+    with store.lock():
+        try:
+            arrays = {
+                item: store.read(
+                    *item[0], item[1], len(plans[item[0]].chunk_range(item[1])), shapes[item[0]]
+                )
+                for item in work
+            }
+        except StoreError as err:
+            raise UsageError(f"{err}; run the same command again to train it anew") from None
+        missing = [item for item, value in arrays.items() if value is None]
+        if missing:
+            print(
+                f"{len(work) - len(missing)} of {len(work)} chunks are in"
+                f" {clean_path(store.folder)}; the run that finds every chunk there writes the"
+                " outputs (or run the command without --shard once the shards are done)"
+            )
+            return 0
+        results = {run: _grid_result(plans[run], arrays, run, shapes[run]) for run in runs}
+        return write_outputs(sweep, manifest, store, results, out, tensorboard, fresh)
+
+
+def check_same_sweep(manifest: dict) -> None:
+    """Across processes: every one must run this sweep; one line naming the flag if not."""
+    from jax_iris import distributed
+    from jax_iris.store import canonical, describe_difference, manifest_key
+
+    keys = distributed.allgather_bytes(manifest_key(manifest).encode())
+    if len(set(keys)) == 1:
+        return
+    leader = json.loads(distributed.broadcast_text(canonical(manifest).decode(), 1 << 20))
+    me = distributed.process_index()
+    differing = [i for i, key in enumerate(keys) if key != keys[0]]
+    raise UsageError(
+        f"process {me} of {len(keys)}: the processes were given different sweeps"
+        + (
+            f" (this one differs from process 0 in {describe_difference(manifest, leader)})"
+            if me in differing
+            else f" (process {differing[0]} differs from process 0)"
+        )
+        + "; give every process the same flags. Nothing was trained"
+    )
+
+
+def _stored_chunks(store, plans: dict, shapes: dict, work: list) -> set:
+    """The chunks already in the store; a damaged one is reported once and trained again."""
+    from jax_iris.cli.common import note
+    from jax_iris.store import StoreError
+
+    done = set()
+    for run, i in work:
+        try:
+            found = store.read(*run, i, len(plans[run].chunk_range(i)), shapes[run])
+        except StoreError as err:
+            note(f"{err}; training that chunk again")
+            continue
+        if found is not None:
+            done.add((run, i))
+    return done
+
+
+def _shared_set(done: set, work: list) -> set:
+    """Process 0's set of stored chunks, on every process."""
+    from jax_iris import distributed
+
+    bits = "".join("1" if item in done else "0" for item in work)
+    bits = distributed.broadcast_text(bits, max(len(work), 1))
+    return {item for item, bit in zip(work, bits) if bit == "1"}
+
+
+def _arrays(result, shapes: dict):
+    import numpy as np
+
+    from jax_iris.checkpoint import flatten_params
+    from jax_iris.store import ChunkArrays
+
+    final = np.stack(
+        [np.stack([np.asarray(m.loss), np.asarray(m.accuracy)], -1) for m in result.final], 1
+    )
+    history = None
+    if result.history is not None:
+        history = np.stack(
+            [np.asarray(result.history.loss), np.asarray(result.history.accuracy)], -1
+        )
+    params = flatten_params(result.params) if shapes else None
+    return ChunkArrays(final, history, params)
+
+
+def _grid_result(plan, arrays: dict, run: tuple[str, str], shapes: dict):
+
+    from jax_iris.checkpoint import unflatten_params
+    from jax_iris.sweep import result_of
+    from jax_iris.train import Metrics, SplitMetrics
+
+    chunks = []
+    for i in range(plan.chunks):
+        a = arrays[(run, i)]
+        final = SplitMetrics(*(Metrics(a.final[:, s, 0], a.final[:, s, 1]) for s in range(3)))
+        history = None if a.history is None else Metrics(a.history[..., 0], a.history[..., 1])
+        params = None if a.params is None else unflatten_params(dict(a.params))
+        chunks.append((final, history, params))
+    from jax_iris.sweep import ChunkResult
+
+    return result_of(plan, [ChunkResult(*c) for c in chunks])
+
+
+def followers_done(out: Path) -> int:
+    from jax_iris import distributed
+
+    print(
+        f"process {distributed.process_index()} of {distributed.process_count()}: done;"
+        f" process 0 writes the results to {clean_path(out)}"
+    )
+    return 0
+
+
+def previous_outputs(out: Path) -> list[Path]:
+    """The files an earlier sweep wrote into ``out``: those its summary lists, and the
+    names a sweep writes (for summaries written before they listed their files)."""
+    from jax_iris.report import HPARAMS_EVENTS_NAME
+
+    found = [out / name for name in (CSV_NAME, JSON_NAME, PNG_NAME, *GRID_PNGS)]
+    found += list(out.glob(f"*{HISTORY_SUFFIX}")) + list(out.glob(f"*{PARAMS_SUFFIX}"))
+    found += list((out / TENSORBOARD_DIR).glob(f"*/{HPARAMS_EVENTS_NAME}"))
+    found.append(out / TENSORBOARD_DIR / HPARAMS_EVENTS_NAME)
+    return [p for p in found if p.is_file() and not p.is_symlink()]
+
+
+def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> int:
+    """Summaries, figures and the kept arrays from the store, all or nothing, in place of
+    whatever an earlier sweep left in ``out``."""
+    import io
+    import shutil
+
+    import jax
+    import numpy as np
+
+    from jax_iris.checkpoint import flatten_params
+    from jax_iris.fileio import commit
+    from jax_iris.sweep_report import csv_text, format_summary, summarize_grid
+
+    for (arch, head), result in results.items():
+        n = len(result.seeds)
+        diverged = int(np.sum(~np.isfinite(np.asarray(result.final.train.loss))))
+        if diverged == n:
+            raise UsageError(
+                f"{arch}, {head}: every net diverged (non-finite loss); try smaller --lr"
+                " values. Nothing was written"
+            )
+        if diverged:
+            print(f"{arch}, {head}: {diverged} of {n} nets diverged (non-finite loss)")
+    summary = summarize_grid(results)
+    summary["sweep"] = sweep.to_dict()
+    summary["run"] = {
+        "store": store.key,
+        "group_size": manifest["sweep"]["group_size"],
+        "platform": manifest["platform"],
+        "device_kind": manifest["device_kind"],
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "versions": manifest["versions"],
+    }
+    print()
+    print(format_summary(summary))
+    files = {out / CSV_NAME: csv_text(results).encode()}
+    files.update(figures(results, summary, out))
+    cells = len(sweep.lr) * len(sweep.weight_decay)
+    if tensorboard and cells > 1:
+        files.update(hparams_files(summary, out))
+    for (arch, head), result in results.items():
+        if sweep.keep_history:
+            curves = np.stack([result.history.loss, result.history.accuracy], -1)
+            files[out / f"{arch}-{head}{HISTORY_SUFFIX}"] = _npy(curves)
+        if sweep.keep_params:
+            buffer = io.BytesIO()
+            np.savez(buffer, **flatten_params(result.params))
+            files[out / f"{arch}-{head}{PARAMS_SUFFIX}"] = buffer.getvalue()
+    summary["outputs"] = sorted(str(p.relative_to(out)) for p in [*files, out / JSON_NAME])
+    files[out / JSON_NAME] = (json.dumps(summary, indent=2) + "\n").encode()
+    check_targets(files, out)
+    stale = [p for p in previous_outputs(out) if p not in files]
     try:
-        written = commit(files)
+        written = commit(files, remove=stale)
     except OSError as err:
         raise UsageError(
             f"cannot write to {clean_path(out)} ({err.strerror or err}); nothing was"
-            " written, earlier files are as they were; choose another --out"
+            " written, earlier files are as they were, the trained chunks are kept in"
+            f" {clean_path(store.folder)}; choose another --out"
         ) from None
+    if fresh:
+        for other in store.others():
+            shutil.rmtree(other, ignore_errors=True)
     print("\nwrote " + written_summary(written, out))
     return 0
+
+
+def _npy(array) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, np.float32), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def written_summary(written: list[Path], out: Path) -> str:

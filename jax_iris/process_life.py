@@ -132,12 +132,18 @@ def exit(code: int) -> None:  # noqa: A001 - the process's exit, as sys.exit
 
     After a stop signal the process ends at once (``os._exit``): nothing is left to
     write, and the interpreter's shutdown is where an interrupted runtime could crash.
+    Otherwise stop signals are ignored from here on: the command's outcome stands.
     """
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
     if _received is not None:
         os._exit(code)
+    # The outcome is decided: a stop signal from here on changes nothing (the
+    # interpreter's shutdown would otherwise restore the default action, death by it).
+    for signum in STOP_SIGNALS:
+        with contextlib.suppress(ValueError, OSError):
+            signal.signal(signum, signal.SIG_IGN)
     sys.exit(code)
 
 

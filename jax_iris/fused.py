@@ -4,15 +4,16 @@ The same maths as ``jax_iris.train.run_epochs`` (autodiff through the Flax modul
 ``jax_iris.models``, then optax's coupled-L2 Adam), restated for speed on XLA:CPU:
 
 - every parameter lives in one flat vector per net, so Adam is one elementwise pass;
-- inside it each dense layer's kernel is laid out [out, in] (torch's ``weight``) and
-  activations [features, rows], so every forward dot is ``kernel @ x``;
+- inside it each dense layer's kernel is laid out [out, in] (torch's ``weight``) with its
+  bias as one more column, and activations [features, rows] with a row of ones below, so
+  every forward dot is ``kernel @ x`` and adds the bias, and one dot gives both gradients;
 - the backward is written out by hand, and the transposed kernels it multiplies by go
   through ``lax.optimization_barrier``, so XLA keeps them as plain dots instead of
   folding them back into transposed dots (which it hands to a slower kernel).
 
 Per epoch, on all rows (x_t [4, rows]; ``@`` contracts the kernel's last axis)::
 
-    dense(h)     = K @ h + b[:, None]
+    dense(h)     = [K b] @ [h; 1]  =  K @ h + b[:, None]
     attention(h) = relu(softmax(k * q / s, axis=features) * v),  [k; q; v] = dense(h)
                    s = sqrt(float32(features)), cast to the params' dtype (as the blog)
     atten net    : dense(attention_20(attention_10(x_t)))        (``linear`` layer)
@@ -51,14 +52,14 @@ _HEADS = {"sigmoid": "jax.nn:sigmoid", "logits": "jax_iris.models:identity"}
 class FusedState(NamedTuple):
     """One net's parameters and Adam state; a vmapped group adds a leading [nets] axis."""
 
-    w: jax.Array  # [P] every kernel [out, in] then its bias, layer by layer
+    w: jax.Array  # [P] layer by layer, each [out, in + 1]: the kernel, its bias last
     m: jax.Array  # [P] Adam's first moment (optax's ``mu``), laid out as ``w``
     v: jax.Array  # [P] Adam's second moment (optax's ``nu``)
     count: jax.Array  # int32 [] updates taken, as optax counts them
 
 
 class _Block(NamedTuple):
-    """One matmul: a dense layer, or an attention layer's k, q and v stacked [3 * out, in]."""
+    """One matmul: a dense layer, or an attention layer's k, q, v stacked [3 * out, in + 1]."""
 
     layer: str
     parts: tuple[str, ...]  # the sub-modules stacked, () for a plain dense layer
@@ -113,19 +114,17 @@ def _pack(blocks: tuple[_Block, ...], tree: Params) -> jax.Array:
     for block in blocks:
         layer = tree["params"][block.layer]
         dense = [layer[part] for part in block.parts] if block.parts else [layer]
-        pieces.append(jnp.concatenate([d["kernel"].T for d in dense]).ravel())
-        pieces.append(jnp.concatenate([d["bias"] for d in dense]))
+        kernel = jnp.concatenate([d["kernel"].T for d in dense])
+        bias = jnp.concatenate([d["bias"] for d in dense])
+        pieces.append(jnp.concatenate([kernel, bias[:, None]], axis=1).ravel())
     return jnp.concatenate(pieces)
 
 
-def _kernels(blocks: tuple[_Block, ...], w: jax.Array) -> list[tuple[jax.Array, jax.Array]]:
-    """(kernel [width, in], bias [width]) of each block, sliced out of w [P]."""
+def _kernels(blocks: tuple[_Block, ...], w: jax.Array) -> list[jax.Array]:
+    """Each block's [kernel bias] [width, in + 1], sliced out of w [P]."""
     out, start = [], 0
     for block in blocks:
-        split = start + block.width * block.fan_in
-        out.append(
-            (w[start:split].reshape(block.width, block.fan_in), w[split : start + block.size])
-        )
+        out.append(w[start : start + block.size].reshape(block.width, block.fan_in + 1))
         start += block.size
     return out
 
@@ -154,11 +153,9 @@ def _is_adam(node: Any) -> bool:
 def to_params(arch: str, state: FusedState) -> Params:
     """The Flax params tree (``kernel`` [in, out], ``bias`` [out]) of ``state.w``."""
     tree = {}
-    for block, (kernel, bias) in zip(_blocks(arch), _kernels(_blocks(arch), state.w)):
+    for block, kernel in zip(_blocks(arch), _kernels(_blocks(arch), state.w)):
         n = len(block.parts) or 1
-        dense = [
-            {"kernel": k.T, "bias": b} for k, b in zip(jnp.split(kernel, n), jnp.split(bias, n))
-        ]
+        dense = [{"kernel": k[:, :-1].T, "bias": k[:, -1]} for k in jnp.split(kernel, n)]
         tree[block.layer] = dict(zip(block.parts, dense)) if block.parts else dense[0]
     return {"params": tree}
 
@@ -196,16 +193,17 @@ def loss_and_grad(
     """Loss and accuracy of w [P] on x_t [4, rows], and the loss's gradient [P].
 
     ``onehot`` [3, rows] holds the labels. Backward, with dp = (softmax(p) - onehot) / rows:
-    the sigmoid head multiplies by p (1 - p); a dense layer gives dK = dz @ h.T,
-    db = sum over rows of dz, dh = K.T @ dz; relu passes dz where its input is > 0; the
+    the sigmoid head multiplies by p (1 - p); a dense layer gives [dK db] = dz @ [h; 1].T
+    and dh = K.T @ dz; relu passes dz where its input is > 0; the
     gate a = softmax(s) gives ds = a * (da - sum over features of a * da), with
     da = du * v, dv = du * a, dk = ds * q / s, dq = ds * k / s.
     """
     blocks = _blocks(arch)
     weights = _kernels(blocks, w)
     inputs, outputs, h = [], [], x_t
-    for i, (block, (kernel, bias)) in enumerate(zip(blocks, weights)):
-        z = kernel @ h + bias[:, None]
+    for i, (block, kernel) in enumerate(zip(blocks, weights)):
+        h = jnp.concatenate([h, jnp.ones((1, h.shape[-1]), h.dtype)])
+        z = kernel @ h
         inputs.append(h)
         outputs.append(z)
         if i == len(blocks) - 1:
@@ -224,10 +222,10 @@ def loss_and_grad(
         dz = dz * p * (1 - p)
     grads = []
     for i in reversed(range(len(blocks))):
-        grads += [jnp.sum(dz, axis=1), (dz @ inputs[i].T).ravel()]
+        grads.append((dz @ inputs[i].T).ravel())
         if i == 0:
             break
-        dh = _transposed(weights[i][0]) @ dz
+        dh = _transposed(weights[i][:, :-1]) @ dz
         below, z = blocks[i - 1], outputs[i - 1]
         dz = _gate_grad(z, dh, below.features) if below.parts else jnp.where(z > 0, dh, 0)
     return Metrics(loss, accuracy), jnp.concatenate(grads[::-1])

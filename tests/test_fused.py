@@ -33,11 +33,13 @@ GRAD_RTOL = 1e-6  # the issue's bar; float64 rounding alone gives ~1e-15
 FLOAT64_RTOL = 1e-12
 # float32: another rounding order costs a few ulps a step. While a net sits on its plateau
 # the losses stay within ~1e-5 (seeds 0-7, every arch and head, 200 epochs); where a net
-# leaves it, the gap is amplified (up to 7.7e-4 by epoch 200 measured, seed 2 of the
-# attention net): the same spread the autodiff path shows against itself under other XLA
-# fusion choices (XLA flags on/off). So: tight over the first 100 epochs, looser after.
-FLOAT32_LOSS_ATOL = 1e-4  # epochs 1-100
-FLOAT32_LOSS_ATOL_200 = 2e-3  # epochs 101-200
+# leaves it the gap is amplified (2.5e-3 by epoch 167 measured, attention net, seed 2),
+# as much as autodiff's own run drifts when its initial weights move by one ulp (NUDGE).
+# So: 1e-4 over the first 100 epochs; over 200, 1e-4 plus CHAOS_FACTOR times that drift.
+FLOAT32_LOSS_ATOL = 1e-4
+NUDGE = 2.0**-23  # one float32 ulp at 1
+CHAOS_FACTOR = 4.0  # gap / drift measured up to ~2 (seeds 0-7, each arch and head)
+
 
 init = jax.jit(init_params, static_argnums=(0, 2))
 fused_epochs = jax.jit(fused.run_epochs, static_argnums=(0, 1, 7))
@@ -144,23 +146,25 @@ def test_gradient_equals_autodiffs_in_float64(arch, head):
                 np.testing.assert_allclose(float(metrics.loss), float(loss), rtol=1e-14)
 
 
+def autodiff_run(arch: str, head: str, params, epochs: int):
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+    hparams = Hparams(jnp.asarray(LR, dtype), jnp.asarray(WEIGHT_DECAY, dtype))
+    return jax.jit(run_epochs, static_argnums=(3, 4))(
+        init_state(params, hparams), train_batch(dtype), hparams, epochs, get_model(arch, head)
+    )
+
+
 def compare_runs(arch: str, head: str, seed: int, epochs: int, dtype):
+    """(autodiff's final state as a FusedState, its history, the fused state, its history)."""
     params = init(arch, jax.random.key(seed), dtype)
     batch = train_batch(dtype)
     hparams = Hparams(jnp.asarray(LR, dtype), jnp.asarray(WEIGHT_DECAY, dtype))
-    model = get_model(arch, head)
-    expected, expected_history = jax.jit(run_epochs, static_argnums=(3, 4))(
-        init_state(params, hparams), batch, hparams, epochs, model
-    )
+    expected, expected_history = autodiff_run(arch, head, params, epochs)
     state, history = fused_epochs(
         arch, head, fused.to_state(arch, params), batch.x, batch.y, *hparams, epochs
     )
-    return (
-        fused.to_state(arch, expected.params, expected.opt_state),
-        expected_history,
-        state,
-        history,
-    )
+    expected = fused.to_state(arch, expected.params, expected.opt_state)
+    return expected, expected_history, state, history
 
 
 @pytest.mark.parametrize("head", HEADS)
@@ -189,7 +193,13 @@ def test_200_epochs_agree_with_autodiff_in_float32(arch, head):
         assert state.w.dtype == jnp.float32
         loss, expected = np.asarray(history.loss), np.asarray(expected_history.loss)
         np.testing.assert_allclose(loss[:100], expected[:100], rtol=0, atol=FLOAT32_LOSS_ATOL)
-        np.testing.assert_allclose(loss, expected, rtol=0, atol=FLOAT32_LOSS_ATOL_200)
+        # How far autodiff drifts from itself when every initial weight moves by one ulp.
+        params = init(arch, jax.random.key(seed), jnp.float32)
+        nudged = jax.tree_util.tree_map(lambda p: p * (1 + NUDGE), params)
+        own = np.asarray(autodiff_run(arch, head, nudged, 200)[1].loss)
+        bound = FLOAT32_LOSS_ATOL + CHAOS_FACTOR * np.max(np.abs(own - expected))
+        gap = np.max(np.abs(loss - expected))
+        assert gap <= bound, f"{arch} {head} seed {seed}: {gap:.2e} > {bound:.2e}"
 
 
 def test_a_fresh_state_is_optaxs_init():

@@ -34,6 +34,7 @@ from jax_iris import checkpoint, fileio, plots, report
 from jax_iris.cli import benchmark, common, convert, evaluate, plot, sweep, train
 from jax_iris.cli.common import NOTHING_WRITTEN, OUTPUTS_WRITTEN
 from jax_iris.quote import clean_path, quote
+from jax_iris.store import STORE_DIR
 
 EXIT_INTERRUPTED = 130  # jax_iris.cli.common.EXIT_INTERRUPTED, restated: the contract
 TRAIN = ["--epochs", SHORT_EPOCHS, "--log-every", SHORT_EPOCHS]
@@ -130,9 +131,12 @@ def test_3_ctrl_c_after_the_sweep_summary_keeps_every_earlier_file(
     monkeypatch.setattr(plots, "sweep_histograms", interrupt)
     code, out, err = call(sweep.main, [*SWEEP, "--out", "out"], capsys)
     assert code == EXIT_INTERRUPTED
-    assert one_line(err) == f"sweep.py: interrupted; {KEPT_ON_CTRL_C}"
+    assert one_line(err).startswith("sweep.py: interrupted; no output was written, earlier")
+    assert "all 1 chunks are kept in out/.sweep-store/" in err and "run the same command" in err
     assert "test accuracy (95% CI)" in out and "wrote" not in out  # summarised, then stopped
-    assert snapshot(workdir) == earlier
+    now = snapshot(workdir)
+    assert {k: v for k, v in now.items() if STORE_DIR not in k} == earlier
+    assert any(k.endswith(".chunk") for k in now)  # the trained nets are kept
 
 
 def test_3_plot_with_room_for_one_png_replaces_neither(workdir, earlier, capsys, monkeypatch):
@@ -151,8 +155,9 @@ def test_3_two_runs_in_the_same_second_keep_both_event_files(workdir, capsys, mo
     for seed in (1, 2):
         code, _, err = call(train.main, [*TRAIN, "--seed", seed], capsys)
         assert (code, err) == (0, "")
-    events = sorted((workdir / "runs" / "atten").iterdir())
+    events = sorted((workdir / "runs" / "atten").glob("*/events.out.tfevents.*"))
     assert len(events) == 2 and events[0].read_bytes() != events[1].read_bytes()
+    assert events[0].parent != events[1].parent  # each run a TensorBoard run of its own
 
 
 # A training process that pauses in the write phase, once the first output is staged and

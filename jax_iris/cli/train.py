@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = None
         if not args.no_tensorboard:
             logdir = check_writable_dir(args.logdir, "--logdir")
+            for arch in archs:
+                check_writable_dir(logdir / arch, "--logdir")
             name = run_name(logdir, archs, args.run_name)
             runs = {arch: logdir / arch / name for arch in archs}
             for run in runs.values():  # a file in the way must fail now, not after training

@@ -38,6 +38,11 @@ from jax_iris.distributed import (
 )
 from jax_iris.quote import clean, clean_path
 
+# What a sweep keeps when a peer dies: the results store holds every finished chunk.
+KEPT = (
+    "no outputs were written; finished chunks are kept in the store under --out, run the"
+    " same command again to resume"
+)
 EXIT_LOST = 1  # the run stopped because another process died or stopped answering
 MAX_PROCESSES = 100_000
 MAX_CONNECT_TIMEOUT_S = 3600
@@ -80,7 +85,7 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
         f" stops within --connect-timeout + {CONNECT_SLACK_S} s (exit 2); once running,"
         " if one process dies the others stop within"
         f" {HEARTBEAT_TIMEOUT_S + LOST_SLACK_S} s (exit {EXIT_LOST}), one line each,"
-        " nothing written.",
+        " no outputs written (a sweep keeps its finished chunks: rerun to resume).",
     )
     group.add_argument(
         "--coordinator",
@@ -163,7 +168,12 @@ def parse_coordinator(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if (
+        not sep
+        or not host
+        or not (port.isascii() and port.isdigit())
+        or not 1 <= int(port) <= 65535
+    ):
         raise UsageError(
             f"--coordinator must be HOST:PORT with PORT from 1 to 65535"
             f" (e.g. 10.0.0.1:12345), got {clean(text, 120)!r}"
@@ -299,7 +309,7 @@ def _child(
         except (DistributedError, jax.errors.JaxRuntimeError) as error:
             lost = True
             text = str(error) if isinstance(error, DistributedError) else _lost(plan, error)
-            print(f"{prog}: error: {one_line(text)}; nothing was written", file=sys.stderr)
+            print(f"{prog}: error: {one_line(text)}; {KEPT}", file=sys.stderr)
             return EXIT_LOST
 
     code = run_main(prog, body)
@@ -350,10 +360,7 @@ def _report(prog: str, plan: Plan, signum: int, joined: bool, log: bytes) -> int
     elif joined:
         code, text = (
             EXIT_LOST,
-            (
-                f"{me} stopped: another process died or stopped answering"
-                f" ({_reason(log)}); nothing was written"
-            ),
+            (f"{me} stopped: another process died or stopped answering ({_reason(log)}); {KEPT}"),
         )
     elif plan.process_id == 0:
         code, text = (

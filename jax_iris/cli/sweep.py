@@ -37,6 +37,7 @@ from jax_iris.cli.common import (
 from jax_iris.cli.distributed import (
     add_distributed_flags,
     check_distributed_args,
+    followers_stop,
     run_distributed,
 )
 from jax_iris.config import SweepConfig, TrainConfig
@@ -353,10 +354,8 @@ def run_sweep(
             f"{kept} of {len(work)} chunks are kept in {clean_path(store.folder)}; run the same"
             " command again to resume"
         ) from None
-    if distributed.process_count() > 1:
-        distributed.allgather_bytes(b"trained")  # every chunk is on disk before the check
-    if not leader:
-        return followers_done(out)
+    if distributed.process_count() > 1 and followers_stop(out):
+        return 0  # process 0 alone wrote the chunks and writes the outputs
     with store.lock():
         try:
             arrays = {
@@ -376,7 +375,16 @@ def run_sweep(
             )
             return 0
         results = {run: _grid_result(plans[run], arrays, run, shapes[run]) for run in runs}
-        return write_outputs(sweep, manifest, store, results, out, tensorboard, fresh)
+        try:
+            return write_outputs(sweep, manifest, store, results, out, tensorboard, fresh)
+        except KeyboardInterrupt as err:
+            if getattr(err, "written", False):  # stopped once the commit was complete
+                raise
+            raise Interrupted(
+                f"no output was written, earlier files are as they were; all {len(work)}"
+                f" chunks are kept in {clean_path(store.folder)}; run the same command again"
+                " to write the outputs"
+            ) from None
 
 
 def check_same_sweep(manifest: dict) -> None:
@@ -463,16 +471,6 @@ def _grid_result(plan, arrays: dict, run: tuple[str, str], shapes: dict):
     return result_of(plan, [ChunkResult(*c) for c in chunks])
 
 
-def followers_done(out: Path) -> int:
-    from jax_iris import distributed
-
-    print(
-        f"process {distributed.process_index()} of {distributed.process_count()}: done;"
-        f" process 0 writes the results to {clean_path(out)}"
-    )
-    return 0
-
-
 def previous_outputs(out: Path) -> list[Path]:
     """The files an earlier sweep wrote into ``out``: those its summary lists, and the
     names a sweep writes (for summaries written before they listed their files)."""
@@ -504,7 +502,7 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
         if diverged == n:
             raise UsageError(
                 f"{arch}, {head}: every net diverged (non-finite loss); try smaller --lr"
-                " values. Nothing was written"
+                " values. Nothing was written but the store of trained chunks"
             )
         if diverged:
             print(f"{arch}, {head}: {diverged} of {n} nets diverged (non-finite loss)")

@@ -101,9 +101,9 @@ def test_sweep_script(tmp_path):
     proc = run_script("sweep", *argv, "--out", "res", cwd=tmp_path)
     assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
     assert "paired on the same seeds and splits" in proc.stdout
-    assert "wrote res/sweep.csv, res/summary.json, res/accuracy.png" in proc.stdout
+    assert "wrote res/sweep.csv, res/accuracy.png, res/summary.json" in proc.stdout
     rows = (tmp_path / "res" / "sweep.csv").read_text().splitlines()
-    assert rows[0].startswith("arch,head,lr,weight_decay,seed,split_seed,train_loss")
+    assert rows[0].startswith("arch,head,lr,weight_decay,epochs,seed,split_seed,train_loss")
     assert len(rows) == 1 + 2 * 3
     summary = json.loads((tmp_path / "res" / "summary.json").read_text())
     assert [(c["arch"], c["nets"]) for c in summary["cells"]] == [("atten", 3), ("linear", 3)]

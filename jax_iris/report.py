@@ -211,8 +211,12 @@ HPARAMS_EVENTS_NAME = "events.out.tfevents.grid"  # fixed, so a rerun replaces, 
 
 
 def cell_run_name(cell: Mapping[str, Any]) -> str:
-    """A cell's TensorBoard run: ``<arch>_<head>_lr<lr>_wd<weight decay>``."""
-    return f"{cell['arch']}_{cell['head']}_lr{cell['lr']:g}_wd{cell['weight_decay']:g}"
+    """A cell's TensorBoard run: ``<arch>_<head>_lr<lr>_wd<weight decay>``, each value the
+    shortest decimal of its float32 (distinct cells, distinct runs)."""
+    import numpy as np
+
+    lr, wd = (str(np.float32(cell[name])) for name in ("lr", "weight_decay"))
+    return f"{cell['arch']}_{cell['head']}_lr{lr}_wd{wd}"
 
 
 def cell_hparams(cell: Mapping[str, Any]) -> dict[str, Any]:

@@ -156,10 +156,17 @@ class Store:
             except StoreError:
                 continue
             what = describe_difference(self.manifest, theirs)
+            names = differences(self.manifest, theirs)
+            machine = names[0].startswith(("versions", "platform", "device_kind"))
+            resume = (
+                "resume it with those versions there"
+                if machine
+                else "run with the same flags to resume it"
+            )
             raise StoreError(
-                f"{clean_path(self.out)} holds another sweep: {what};"
-                " run with the same flags to resume it, add --fresh to replace it (nothing"
-                " changes until the new sweep is complete), or choose another --out"
+                f"{clean_path(self.out)} holds another sweep: {what}; {resume}, add --fresh"
+                " to replace it (nothing changes until the new sweep is complete), or choose"
+                " another --out"
             )
 
     def open(self) -> None:
@@ -220,8 +227,15 @@ class Store:
         payload = b"".join(np.ascontiguousarray(v, "<f4").tobytes() for v in values)
         header = self._header(arch, head, index, arrays, hashlib.sha256(payload).hexdigest())
         path = self.chunk_path(arch, head, index)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, MAGIC + struct.pack("<I", len(header)) + header + payload)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, MAGIC + struct.pack("<I", len(header)) + header + payload)
+        except OSError as err:
+            raise StoreError(
+                f"cannot write {clean_path(path)} ({err.strerror or err}); the chunks stored"
+                " before it are kept: make room or remove what is in the way, then run the"
+                " same command again to resume"
+            ) from None
         return path
 
     def read(self, arch: str, head: str, index: int, nets: int, shapes: dict) -> ChunkArrays | None:

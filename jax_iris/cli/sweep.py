@@ -349,6 +349,8 @@ def run_sweep(
                 seconds = time.perf_counter() - start
             nets = sum(len(plan.chunk_range(i)) for i in chunks)
             print(f"{run[0]}, {run[1]}: {nets:,} nets x {base.epochs} epochs in {seconds:.1f} s")
+    except StoreError as err:
+        raise UsageError(str(err)) from None
     except KeyboardInterrupt:
         raise Interrupted(
             f"{kept} of {len(work)} chunks are kept in {clean_path(store.folder)}; run the same"

@@ -291,3 +291,24 @@ def test_one_task_under_slurm_runs_as_one_process(monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "2")
     plan = check_distributed_args(args)
     assert (plan.coordinator, plan.num_processes, plan.process_id) == (None, 3, 2)
+
+
+@pytest.mark.subprocess
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("change", "flag"), [(["--lr", 0.5, 0.01], "--lr"), (["--epochs", 21], "--epochs")]
+)
+def test_processes_given_different_sweeps_refuse_before_training(tmp_path, sweeps, change, flag):
+    """Process 1 given another --lr list (or --epochs): both stop in one line, exit 2,
+    before training, and nothing is written."""
+    port = free_port()
+    args = [[*SWEEP, "--out", "out", *cluster_flags(port, 0)]]
+    args.append([*SWEEP, *change, "--out", "out1", *cluster_flags(port, 1)])
+    procs = [sweeps(a, tmp_path, f"p{i}") for i, a in enumerate(args)]
+    codes = [p.wait() for p in procs]
+    assert codes == [EXIT_USAGE, EXIT_USAGE], [p.err for p in procs]
+    assert_one_line_error(procs[1].err, "given different sweeps", flag, "same flags")
+    assert_one_line_error(procs[0].err, "given different sweeps", "process 1 differs")
+    assert "nets x" not in procs[0].out + procs[1].out  # nothing trained
+    assert not (tmp_path / "out1").exists()
+    assert not list((tmp_path / "out").glob(f"{STORE_DIR}/*/*/*.chunk"))

@@ -105,6 +105,7 @@ def test_a_stopped_sweep_resumes_to_the_same_bytes(tmp_path, reference, how, sta
     if how != signal.SIGKILL:
         assert_one_line_error(err, "chunks are kept in", "run the same command again to resume")
         kept = int(err.split(" of ")[0].split()[-1])
+        assert kept == len(chunk_files(tmp_path / "out"))  # the line says what is on disk
     else:
         kept = len(chunk_files(tmp_path / "out"))
     assert 2 <= kept < CHUNKS

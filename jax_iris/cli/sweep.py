@@ -322,7 +322,6 @@ def run_sweep(
             f"resuming: {len(mine) - len(todo)} of {len(mine)} chunks already in"
             f" {clean_path(store.folder)}; training {len(todo)}"
         )
-    kept = len(done)
     try:
         for run in runs:
             chunks = [i for r, i in todo if r == run]
@@ -343,7 +342,6 @@ def run_sweep(
                     )
                     if leader:
                         store.write(*run, i, _arrays(result, shapes[run]), shapes[run])
-                    kept += 1
                     trained += len(plan.chunk_range(i))
                     bar.update(trained)
                 seconds = time.perf_counter() - start
@@ -352,6 +350,7 @@ def run_sweep(
     except StoreError as err:
         raise UsageError(str(err)) from None
     except KeyboardInterrupt:
+        kept = sum(store.chunk_path(*run, i).is_file() for run, i in work)  # as on disk
         raise Interrupted(
             f"{kept} of {len(work)} chunks are kept in {clean_path(store.folder)}; run the same"
             " command again to resume"

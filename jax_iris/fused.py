@@ -26,9 +26,10 @@ and then, with g the gradient (torch ``Adam(lr, weight_decay)``, optax's order):
     g = g + wd * w;  m = (1 - b1) g + b1 m;  v = (1 - b2) g^2 + b2 v;  t = t + 1
     w = w + (-lr) * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
 
-The params outside keep the Flax tree (``kernel`` [in, out]); ``to_state`` and
-``to_params`` convert exactly. Only the built-in archs and heads are served
-(``supports``); other registered archs keep autodiff.
+The params outside keep the Flax tree (``kernel`` [in, out]); ``to_state`` converts
+params and optax state in, ``to_params`` and ``to_opt_state`` back out, all exactly.
+Only the built-in archs and heads are served (``supports``); other registered archs
+keep autodiff.
 """
 
 from __future__ import annotations
@@ -148,6 +149,26 @@ def to_state(arch: str, params: Params, opt_state: optax.OptState | None = None)
 
 def _is_adam(node: Any) -> bool:
     return isinstance(node, optax.ScaleByAdamState)
+
+
+def to_opt_state(arch: str, state: FusedState, like_opt_state: optax.OptState) -> optax.OptState:
+    """``like_opt_state`` with its Adam moments and count taken from ``state``: the inverse
+    of ``to_state``'s reading of the optimiser state, bit for bit.
+
+    ``like_opt_state`` gives the structure (``train.make_optimizer``'s chain); its one
+    ``ScaleByAdamState`` is replaced, every other node kept as it is (they hold no arrays).
+    """
+    adam = optax.ScaleByAdamState(
+        count=state.count,
+        mu=to_params(arch, state._replace(w=state.m)),
+        nu=to_params(arch, state._replace(w=state.v)),
+    )
+    found = [s for s in jax.tree_util.tree_leaves(like_opt_state, is_leaf=_is_adam) if _is_adam(s)]
+    if len(found) != 1:
+        raise ValueError(f"expected one Adam state in the optimiser state, found {len(found)}")
+    return jax.tree_util.tree_map(
+        lambda node: adam if _is_adam(node) else node, like_opt_state, is_leaf=_is_adam
+    )
 
 
 def to_params(arch: str, state: FusedState) -> Params:

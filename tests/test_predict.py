@@ -279,7 +279,8 @@ def test_a_diverged_net_is_refused(tmp_path, capsys):
     params = jax.tree_util.tree_map(lambda p: np.full_like(p, np.nan), ckpt.params)
     bad = checkpoint.save(tmp_path / "nan.pkl", params, config=ckpt.config)
     outcome = call(predict_cli.main, [bad, "--row", SETOSA], capsys)
-    assert_usage_error(outcome, PROG, "nan.pkl: the net's output for row 1 is not finite")
+    # refused when loaded: a checkpoint's params must be finite
+    assert_usage_error(outcome, PROG, "nan.pkl: layer_1/k/bias holds values that are not finite")
     assert outcome.out == ""
 
 

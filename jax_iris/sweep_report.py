@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from jax_iris import baselines
 from jax_iris.stats import (
     SUCCESS_ACCURACY,
     mean_interval,
@@ -77,6 +78,10 @@ def summarize_grid(results: Results) -> dict[str, Any]:
                     },
                     "success": success_rate(_final(result, "train", "accuracy")[mask])._asdict(),
                     "test_accuracy_mean": mean_interval(test_accuracy)._asdict(),
+                    # nets above LogisticRegression's test accuracy on their own split
+                    "beats_logistic": baselines.beat_share(
+                        test_accuracy, baselines.logistic_test_accuracies(result.split_seeds[mask])
+                    )._asdict(),
                     "diverged": int(np.sum(~np.isfinite(train_loss))),
                 }
             )
@@ -132,14 +137,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"{'arch':<8}{'head':<9}{'lr':>8}{'wd':>8}{'nets':>7}"
         f"  {'success (train acc >= ' + str(threshold) + ')':<36}{'test accuracy (95% CI)':<24}"
+        f"  {'beat LogisticRegression on test':<32}"
     ]
     for c in summary["cells"]:
-        s, t = c["success"], c["test_accuracy_mean"]
+        s, t, b = c["success"], c["test_accuracy_mean"], c["beats_logistic"]
         success = f"{s['rate']:6.1%} ({s['low']:.1%} to {s['high']:.1%})"
         test = f"{t['mean']:.3f} ({t['low']:.3f} to {t['high']:.3f})"
+        beats = f"{b['share']:6.1%} ({b['low']:.1%} to {b['high']:.1%})"
         lines.append(
             f"{c['arch']:<8}{c['head']:<9}{c['lr']:>8g}{c['weight_decay']:>8g}{c['nets']:>7}"
-            f"  {success:<36}{test:<24}" + (f"  {c['diverged']} diverged" if c["diverged"] else "")
+            f"  {success:<36}{test:<24}  {beats:<32}"
+            + (f"  {c['diverged']} diverged" if c["diverged"] else "")
         )
     if summary["paired"]:
         lines.append("paired on the same seeds and splits, test accuracy a - b:")

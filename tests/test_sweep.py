@@ -234,3 +234,14 @@ def test_nets_on_other_seeds_are_not_paired_and_cells_are_kept_apart():
         {("atten", "sigmoid"): grid_of([1.0, 0.8]), ("linear", "sigmoid"): others}
     )
     assert unpaired["paired"] == []
+
+
+def test_the_summary_counts_the_nets_that_beat_logistic_regression():
+    """LogisticRegression gets 14/15 on the blog split's test rows: of 1.0, 14/15 (a tie),
+    0.8, 1.0 and 13/15, two beat it; the share and its Wilson interval follow."""
+    from jax_iris.stats import wilson_interval
+
+    tests = np.array([1.0, 14 / 15, 0.8, 1.0, 13 / 15], np.float32)
+    (cell,) = summarize_grid({("linear", "sigmoid"): grid_of(tests)})["cells"]
+    want = wilson_interval(2, 5)
+    assert cell["beats_logistic"] == {"share": 0.4, "low": want.low, "high": want.high}

@@ -316,7 +316,7 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     try:
         process_life.begin()
         return body()
-    except UsageError as err:
+    except (UsageError, registry.PluginError) as err:  # a broken plugin, in every command
         print(f"{prog}: error: {one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
     except Interrupted as err:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from helpers import SHORT_EPOCHS, leaves
 
-from jax_iris import checkpoint
+from jax_iris import checkpoint, registry
+from jax_iris import train as train_module
 from jax_iris.config import TrainConfig
 from jax_iris.data import load_split
 from jax_iris.models import get_model, init_params
@@ -200,3 +201,59 @@ def test_evaluate_uses_the_configs_head(split, tmp_path):
     assert table.val.loss == pytest.approx(float(loss_and_accuracy(logits, y).loss), abs=1e-6)
     as_sigmoid = evaluate(dataclasses.replace(config, head="sigmoid"), result.params, split)
     assert abs(as_sigmoid.val.loss - table.val.loss) > 1e-3
+
+
+# The switch between the epoch programs: each keeps a net one number ------------------
+
+FUSED_VS_AUTODIFF_ATOL = 1e-6  # another rounding order, 20 float32 epochs (as SWEEP_VS_FIT)
+
+
+@pytest.mark.parametrize("use_fused", [True, False])
+@pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
+def test_either_epoch_program_is_block_invariant_and_the_sweeps(arch, use_fused, monkeypatch):
+    """Blocks of one epoch give the bits of one block, and net 2 of a sweep of 3 the bits of
+    ``fit``, with the fused epochs and with autodiff's."""
+    from jax_iris.sweep import train_seeds
+
+    monkeypatch.setattr(train_module, "USE_FUSED", use_fused)
+    one = fit(config_of(arch, seed=5))
+    many = fit(dataclasses.replace(config_of(arch, seed=5), log_every=1))
+    sweep = train_seeds(config_of(arch), [3, 4, 5], params=True, history=True)
+    assert one.history.loss.tobytes() == many.history.loss.tobytes()
+    assert one.history.loss.tobytes() == sweep.history.loss[2].tobytes()
+    for a, b, c in zip(leaves(one.params), leaves(many.params), leaves(sweep.params)):
+        assert a.tobytes() == b.tobytes() == c[2].tobytes()
+    assert one.final == many.final
+    assert one.final.test.loss == float(sweep.final.test.loss[2])
+
+
+@pytest.mark.parametrize("head", ["sigmoid", "logits"])
+def test_fused_epochs_follow_autodiffs(head, split, monkeypatch):
+    config = config_of("linear", head=head)
+    monkeypatch.setattr(train_module, "USE_FUSED", True)
+    fused_run = fit(config, split=split)
+    monkeypatch.setattr(train_module, "USE_FUSED", False)
+    autodiff_run = fit(config, split=split)
+    np.testing.assert_allclose(
+        fused_run.history.loss, autodiff_run.history.loss, rtol=0, atol=FUSED_VS_AUTODIFF_ATOL
+    )
+    np.testing.assert_array_equal(fused_run.history.accuracy, autodiff_run.history.accuracy)
+    for a, b in zip(leaves(fused_run.params), leaves(autodiff_run.params)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=FUSED_VS_AUTODIFF_ATOL)
+
+
+def test_an_arch_the_fused_program_does_not_serve_keeps_autodiff(split, monkeypatch):
+    """A registered copy of the linear net is not served (``fused.supports``): the switch
+    changes nothing of its run, bit for bit."""
+    registry.register_arch("linear_copy", "Copy", "jax_iris.models:LinearNet")
+    try:
+        config = config_of("linear_copy")
+        monkeypatch.setattr(train_module, "USE_FUSED", True)
+        served = fit(config, split=split)
+        monkeypatch.setattr(train_module, "USE_FUSED", False)
+        plain = fit(config, split=split)
+    finally:
+        registry.unregister_arch("linear_copy")
+    assert served.history.loss.tobytes() == plain.history.loss.tobytes()
+    for a, b in zip(leaves(served.params), leaves(plain.params)):
+        assert a.tobytes() == b.tobytes()

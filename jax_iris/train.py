@@ -204,14 +204,13 @@ def split_batches(split: Split, dtype: Any = jnp.float32) -> SplitBatches:
 # state passed between them, so epochs can run in blocks of any length (measured:
 # 200 epochs as one block, 2 x 100 or 4 x 50 agree bit for bit).
 #
-# With ``USE_FUSED`` the epochs of the nets ``jax_iris.fused`` serves run in its program
-# (flat vector, hand-written backward, fused Adam); the TrainState goes in and comes out
-# as ever, its conversions exact, so only the rounding inside a block differs from
-# autodiff's. Off by default: that rounding moves the linear net's blog-table losses
-# (1000 float32 epochs from torch's weights) by ~2e-4 from the values test_parity holds
-# JAX to (val 0.6601 for 0.6603, test 0.6325 for 0.6327; torch's are 0.6602, 0.6325).
+# With ``USE_FUSED`` (the default) the epochs of the nets ``jax_iris.fused`` serves run in
+# its program (flat vector, hand-written backward, fused Adam); the TrainState goes in and
+# comes out as ever, its conversions exact, so only the rounding inside a block differs
+# from autodiff's (gradients equal within 1e-15 in float64; tests/test_fused.py). Set it
+# False to train with autodiff and optax for every net.
 
-USE_FUSED = False  # read by each ``programs`` call; True: the fused epochs where served
+USE_FUSED = True  # read by each ``programs`` call; True: the fused epochs where served
 
 
 class Programs(NamedTuple):

@@ -100,7 +100,9 @@ TORCH_TABLE_LOSSES = {
 }
 JAX_TABLE_LOSSES = {
     "atten": {"train": 0.5605, "val": 0.5517, "test": 0.6183},
-    "linear": {"train": 0.6699, "val": 0.6603, "test": 0.6327},
+    # the fused program's rounding (jax_iris.fused); autodiff gave 0.6603 and 0.6327,
+    # torch gives 0.6602 and 0.6325
+    "linear": {"train": 0.6699, "val": 0.6601, "test": 0.6325},
 }
 PRINTED_LOSS_ATOL = 1e-4  # a value printed to four decimals is within 5e-5 of it
 

@@ -195,6 +195,15 @@ def device_share(nets: int, devices: int, group: int) -> int:
 def train_chunk(
     plan: GridPlan, index: int, *, history: bool = False, params: bool = False
 ) -> ChunkResult:
+    """Train chunk ``index`` of ``plan`` (see ``_train_chunk``) at the config's matmul
+    precision."""
+    with jax.default_matmul_precision(plan.config.matmul_precision):
+        return _train_chunk(plan, index, history=history, params=params)
+
+
+def _train_chunk(
+    plan: GridPlan, index: int, *, history: bool = False, params: bool = False
+) -> ChunkResult:
     """Train chunk ``index`` of ``plan`` on every device; the result on every process.
 
     Device ``j`` of ``jax.devices()`` takes positions ``[j * per, (j + 1) * per)`` of

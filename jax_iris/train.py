@@ -226,8 +226,9 @@ class Programs(NamedTuple):
 def default_group_size(platform: str | None = None) -> int:
     """Nets per vmapped step: 8 on CPU (a group's activations stay in cache), 1024 on
     accelerators (one wide step). Fixed per platform, never derived from a sweep's size."""
-    platform = platform or jax.default_backend()
-    return 8 if platform == "cpu" else 1024
+    from jax_iris import platform as platforms
+
+    return platforms.group_size(platform or jax.default_backend())
 
 
 def padded_size(n: int, group: int) -> int:
@@ -237,7 +238,12 @@ def padded_size(n: int, group: int) -> int:
 
 def _group_map(fn: Callable, group: int) -> Callable:
     """``fn`` on one net, applied to [n, ...] inputs ``group`` nets at a time."""
-    return lambda *args: jax.lax.map(lambda a: fn(*a), args, batch_size=group)
+
+    def mapped(*args: Any) -> Any:
+        return jax.lax.map(lambda a: fn(*a), args, batch_size=group)
+
+    mapped.__name__ = fn.__name__  # compile logs name the program: jit(init), jit(table)
+    return mapped
 
 
 def programs(spec: registry.ArchSpec, head: str, group: int) -> Programs:
@@ -300,12 +306,14 @@ chunk_lengths = epoch_blocks
 
 
 def _tile(tree: Any, n: int) -> Any:
-    """Every leaf repeated along a new leading axis of length ``n`` (numpy or device)."""
-    return jax.tree_util.tree_map(lambda a: jnp.broadcast_to(a, (n, *jnp.shape(a))), tree)
+    """Every leaf repeated along a new leading axis of length ``n``, on the host (numpy:
+    a device op here would be one more compiled program per leaf)."""
+    return jax.tree_util.tree_map(lambda a: np.broadcast_to(np.asarray(a), (n, *np.shape(a))), tree)
 
 
 def _first(tree: Any) -> Any:
-    return jax.tree_util.tree_map(lambda a: a[0], tree)
+    """Net 0 of every leaf, fetched to the host and indexed there (no device program)."""
+    return jax.tree_util.tree_map(lambda a: np.asarray(a)[0], tree)
 
 
 class _CompileTimer:
@@ -364,11 +372,13 @@ def fit(
     weights (for example converted from PyTorch) instead of
     ``jax.random.key(config.seed)``.
 
+    Matmuls run at ``config.matmul_precision`` ("highest": true float32 on GPUs too).
+
     Raises:
         DivergenceError: the loss or a parameter became NaN or infinite.
     """
     split = split if split is not None else load_split(config.split_seed)
-    with _CompileTimer() as timer:
+    with _CompileTimer() as timer, jax.default_matmul_precision(config.matmul_precision):
         start = time.perf_counter()
         group = default_group_size()
         progs = programs(registry.arch_spec(config.arch), config.head, group)
@@ -388,10 +398,10 @@ def fit(
         chunks, done = [], 0
         for n in epoch_blocks(config.epochs, config.log_every):
             state, metrics = progs.run(state, batches.train, hparams, n)
-            metrics = jax.device_get(_first(metrics))
+            metrics = _first(metrics)
             params_finite = all(
                 bool(np.isfinite(leaf).all())
-                for leaf in jax.tree_util.tree_leaves(jax.device_get(_first(state.params)))
+                for leaf in jax.tree_util.tree_leaves(_first(state.params))
             )
             _check_finite(metrics, params_finite, done)
             chunks.append(metrics)
@@ -399,12 +409,11 @@ def fit(
             if progress is not None:
                 progress(done, float(metrics.loss[-1]), float(metrics.accuracy[-1]))
         final = progs.table(state.params, batches)
-        params = jax.device_get(_first(state.params))
+        params = _first(state.params)
         final = to_host(_first(final))
         elapsed = time.perf_counter() - start + setup_seconds
     compile_seconds = min(timer.seconds, elapsed)
     history = Metrics(*(np.concatenate([np.asarray(c[i]) for c in chunks]) for i in range(2)))
-    params = jax.tree_util.tree_map(jnp.asarray, params)
     return TrainResult(params, history, final, compile_seconds, elapsed - compile_seconds)
 
 
@@ -424,7 +433,8 @@ def evaluate(config: TrainConfig, params: Params, split: Split | None = None) ->
     group = default_group_size()
     progs = programs(registry.arch_spec(config.arch), config.head, group)
     batches = _tile(split_batches(split, dtype), group)
-    return to_host(_first(progs.table(_tile(params, group), batches)))
+    with jax.default_matmul_precision(config.matmul_precision):
+        return to_host(_first(progs.table(_tile(params, group), batches)))
 
 
 def metrics_dict(metrics: SplitMetrics) -> dict[str, dict[str, Any]]:

@@ -175,6 +175,7 @@ def small(tmp_path, capsys):
         (["--split-seed", 7], "--split-seed"),
         (["--head", "logits"], "--head"),
         (["--keep-history"], "--keep-history"),
+        (["--matmul-precision", "default"], "--matmul-precision"),
     ],
 )
 def test_another_sweep_into_the_store_is_refused_naming_the_flag(

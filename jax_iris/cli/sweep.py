@@ -41,6 +41,7 @@ from jax_iris.cli.distributed import (
     run_distributed,
 )
 from jax_iris.config import SweepConfig, TrainConfig
+from jax_iris.platform import default_host_devices
 from jax_iris.quote import clean, clean_path
 
 PROG = "sweep.py"
@@ -76,7 +77,7 @@ def parser() -> Parser:
     p.add_argument(
         "--host-devices",
         type=int,
-        default=os.cpu_count() or 1,
+        default=default_host_devices(),
         help="on CPU, run the sweep as this many XLA devices (default: %(default)s, one a core)",
     )
     p.add_argument(
@@ -245,7 +246,12 @@ def manifest_of(sweep: SweepConfig, base: TrainConfig, group: int) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "sweep": values,
-        "train": {"epochs": base.epochs, "split_seed": base.split_seed, "dtype": "float32"},
+        "train": {
+            "epochs": base.epochs,
+            "split_seed": base.split_seed,
+            "dtype": "float32",
+            "matmul_precision": base.matmul_precision,
+        },
         "platform": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "versions": {
@@ -517,6 +523,7 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
         "devices": jax.device_count(),
         "processes": jax.process_count(),
         "versions": manifest["versions"],
+        "matmul_precision": manifest["train"]["matmul_precision"],
     }
     print()
     print(format_summary(summary))

@@ -302,9 +302,6 @@ def epoch_blocks(epochs: int, block: int) -> list[int]:
     return [block] * full + ([rest] if rest else [])
 
 
-chunk_lengths = epoch_blocks
-
-
 def _tile(tree: Any, n: int) -> Any:
     """Every leaf repeated along a new leading axis of length ``n``, on the host (numpy:
     a device op here would be one more compiled program per leaf)."""

@@ -184,7 +184,11 @@ def test_a_dying_process_stops_the_other(tmp_path, sweeps, victim, how):
 
     assert code == EXIT_LOST, survivor.err
     assert took <= LOST_BOUND, f"{took:.1f} s"
-    assert_one_line_error(survivor.err, f"{PROG}: error: process {1 - victim} of 2 stopped")
+    assert_one_line_error(survivor.err, f"{PROG}: error: process {1 - victim} of 2 ")
+    # the runtime's heartbeat ends it, or a gather that was under way fails first
+    assert "stopped: another process died" in survivor.err or (
+        "lost contact with another process" in survivor.err
+    ), survivor.err
     assert "no outputs were written; finished chunks are kept" in survivor.err
     if how == signal.SIGTERM:  # the victim could still speak: one line too
         assert procs[victim].wait() == 128 + signal.SIGTERM

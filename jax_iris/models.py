@@ -17,12 +17,19 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
+from jax_iris import platform as _platform
 
-from jax_iris import registry
-from jax_iris.data import NUM_CLASSES, NUM_FEATURES
+# Before any JAX backend starts: the XLA flags every net here is trained under, set once
+# for commands and Python users alike (jax_iris.platform.CPU_XLA_FLAGS; a flag the user
+# set in XLA_FLAGS stays as set). Every module that computes imports this one.
+_platform.use_default_xla_flags()
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jax_iris import registry  # noqa: E402
+from jax_iris.data import NUM_CLASSES, NUM_FEATURES  # noqa: E402
 
 Params = Any  # a nested dict of arrays: {"params": {"layer_1": {...}, ...}}
 

@@ -158,11 +158,12 @@ class Store:
             what = describe_difference(self.manifest, theirs)
             names = differences(self.manifest, theirs)
             machine = names[0].startswith(("versions", "platform", "device_kind"))
-            resume = (
-                "resume it with those versions there"
-                if machine
-                else "run with the same flags to resume it"
-            )
+            if names[0] == "xla_flags":
+                resume = "resume it with the same XLA_FLAGS (and JAX_IRIS_XLA_FLAGS)"
+            elif machine:
+                resume = "resume it with those versions there"
+            else:
+                resume = "run with the same flags to resume it"
             raise StoreError(
                 f"{clean_path(self.out)} holds another sweep: {what}; {resume}, add --fresh"
                 " to replace it (nothing changes until the new sweep is complete), or choose"

@@ -21,6 +21,11 @@ import tempfile
 import jax
 import pytest
 
+# Before any test starts a backend: the XLA flags every command trains under
+# (jax_iris.platform.use_default_xla_flags), so numbers in here and in the scripts the
+# tests start come from the same programs.
+import jax_iris.models  # noqa: F401
+
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 _temporary_cache: str | None = None

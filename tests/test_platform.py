@@ -110,3 +110,45 @@ def test_importing_the_module_imports_no_jax():
     code = "import sys, jax_iris.platform; print('jax' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "False", done.stderr[-500:]
+
+
+def test_this_process_trains_under_the_default_flags():
+    """The test process imported jax_iris before any backend started, as commands do."""
+    assert set(platform.xla_flags("cpu")) <= set(platform.numeric_xla_flags())
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("env", "code_before", "expected"),
+    [
+        ({}, "", [FAST_MIN_MAX, YNN]),
+        # the user's own value stays; the other default is added
+        (
+            {"XLA_FLAGS": "--xla_cpu_enable_fast_min_max=false"},
+            "",
+            ["--xla_cpu_enable_fast_min_max=false", YNN],
+        ),
+        ({platform.OPT_OUT_VARIABLE: "none"}, "", []),
+        # JAX already running: XLA has read its flags, so nothing is added
+        ({}, "import jax; jax.numpy.zeros(1).block_until_ready(); ", []),
+    ],
+)
+def test_importing_the_nets_sets_the_flags_once_and_only_before_jax_runs(
+    env, code_before, expected
+):
+    code = (
+        f"{code_before}import jax_iris.models, jax_iris.train; from jax_iris import platform;"
+        " print(' '.join(platform.numeric_xla_flags()))"
+    )
+    clean = {
+        k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", platform.OPT_OUT_VARIABLE)
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert done.stdout.split() == sorted(expected)

@@ -204,6 +204,26 @@ def test_another_version_is_refused(tmp_path, capsys, small, monkeypatch):
     assert snapshot(tmp_path / "out") == before
 
 
+def test_the_xla_flags_are_recorded_and_other_flags_refused(tmp_path, capsys, small, monkeypatch):
+    """The flags the nets were trained under are part of what decides their numbers."""
+    from jax_iris import platform
+
+    (manifest,) = (tmp_path / "out").glob(f"{STORE_DIR}/*/manifest.json")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    flags = platform.numeric_xla_flags()
+    assert set(platform.xla_flags("cpu")) <= set(flags)  # this process runs with the defaults
+    assert json.loads(manifest.read_text())["xla_flags"] == flags
+    assert summary["run"]["xla_flags"] == flags
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_enable_fast_min_max=false")
+    before = snapshot(tmp_path / "out")
+    outcome = call(sweep_cli.main, [*SMALL, "--out", tmp_path / "out"], capsys)
+    assert_usage_error(
+        outcome, PROG, "holds another sweep", "xla_flags", "fast_min_max=false", "XLA_FLAGS"
+    )
+    assert snapshot(tmp_path / "out") == before
+
+
 def test_an_edited_manifest_is_refused(tmp_path, capsys, small):
     (manifest,) = (tmp_path / "out").glob(f"{STORE_DIR}/*/manifest.json")
     values = json.loads(manifest.read_text())

@@ -232,6 +232,7 @@ def manifest_of(sweep: SweepConfig, base: TrainConfig, group: int) -> dict:
 
     import jax
 
+    from jax_iris.platform import numeric_xla_flags
     from jax_iris.store import FORMAT, VERSION
 
     def version(name: str) -> str:
@@ -252,6 +253,7 @@ def manifest_of(sweep: SweepConfig, base: TrainConfig, group: int) -> dict:
             "dtype": "float32",
             "matmul_precision": base.matmul_precision,
         },
+        "xla_flags": numeric_xla_flags(),
         "platform": jax.default_backend(),
         "device_kind": jax.devices()[0].device_kind,
         "versions": {
@@ -524,6 +526,7 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
         "processes": jax.process_count(),
         "versions": manifest["versions"],
         "matmul_precision": manifest["train"]["matmul_precision"],
+        "xla_flags": manifest["xla_flags"],
     }
     print()
     print(format_summary(summary))

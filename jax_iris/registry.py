@@ -301,7 +301,7 @@ _builtin_arch(
     "atten",
     "Atten_Model",
     "jax_iris.models:AttentionNet",
-    "jax_iris.torch_reference:AttentionNet",
+    "jax_iris.pytorch.reference:AttentionNet",
     blog=True,
     description="elementwise attention 4 -> 10 -> 20, dense 20 -> 3",
 )
@@ -309,7 +309,7 @@ _builtin_arch(
     "linear",
     "Linear_Model",
     "jax_iris.models:LinearNet",
-    "jax_iris.torch_reference:LinearNet",
+    "jax_iris.pytorch.reference:LinearNet",
     blog=True,
     description="dense 4 -> 10 -> 20 -> 3 with ReLU",
 )

@@ -430,9 +430,9 @@ def test_6_evaluate_shows_every_checkpoint_given_labelled_by_path(workdir, capsy
 def _state_dict(kind: str):
     import torch
 
-    from jax_iris import torch_reference
+    from jax_iris.pytorch import reference
 
-    state_dict = torch_reference.build("atten", seed=0).state_dict()
+    state_dict = reference.build("atten", seed=0).state_dict()
     weight = state_dict["linear.weight"]
     if kind in ("bfloat16", "float16"):
         return {k: v.to(getattr(torch, kind)) for k, v in state_dict.items()}

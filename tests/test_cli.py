@@ -234,22 +234,22 @@ def test_plot_without_matplotlib_says_to_install_the_extra(tmp_path, capsys, goo
 @pytest.fixture(scope="module")
 def pth(tmp_path_factory) -> Path:
     """A genuine torch state_dict file of the attention net."""
-    from jax_iris import torch_reference
+    from jax_iris.pytorch import reference
 
     path = tmp_path_factory.mktemp("pth") / "atten.pth"
-    net = torch_reference.build("atten", seed=0)
-    return torch_reference.save_state_dict_file(path, torch_reference.numpy_state_dict(net))
+    net = reference.build("atten", seed=0)
+    return reference.save_state_dict_file(path, reference.numpy_state_dict(net))
 
 
 def _torch_file(content):
-    """A case whose input is ``torch.save(content(torch_reference, torch))``."""
+    """A case whose input is ``torch.save(content(reference, torch))``."""
 
     def make(folder: Path, pth: Path) -> list:
         import torch
 
-        from jax_iris import torch_reference
+        from jax_iris.pytorch import reference
 
-        torch.save(content(torch_reference, torch), folder / "in.pth")
+        torch.save(content(reference, torch), folder / "in.pth")
         return [folder / "in.pth", folder / "out.pkl"]
 
     return make
@@ -300,7 +300,7 @@ CONVERT_CASES = {
     "cut-pth": (_cut_pth, ["cut.pth: not a readable PyTorch file"]),
     "whole-module-pth": (
         _torch_file(lambda tr, torch: tr.build("atten", seed=0)),
-        ["pickles jax_iris.torch_reference.AttentionNet, not only tensors", "state_dict first"],
+        ["pickles jax_iris.pytorch.reference.AttentionNet, not only tensors", "state_dict first"],
     ),
     "list-pth": (
         _torch_file(lambda tr, torch: [tr.build("atten").state_dict()]),

@@ -14,18 +14,18 @@ import torch
 from helpers import SHORT_EPOCHS, call
 
 from jax_iris import checkpoint
-from jax_iris import torch_reference as tr
 from jax_iris.cli import convert as convert_command
 from jax_iris.config import TrainConfig
 from jax_iris.data import load_split
 from jax_iris.models import get_model, init_params
-from jax_iris.registry import blog_archs
-from jax_iris.torch_compat import (
+from jax_iris.pytorch import reference as tr
+from jax_iris.pytorch.compat import (
     infer_arch,
     params_from_state_dict,
     state_dict_from_params,
     torch_shapes,
 )
+from jax_iris.registry import blog_archs
 from jax_iris.train import evaluate, fit, metrics_dict
 
 ARCHS = blog_archs()
@@ -44,7 +44,7 @@ def all_rows() -> np.ndarray:
     return np.concatenate([d.x for d in load_split()])
 
 
-# torch_compat -----------------------------------------------------------------------------
+# compat ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -2,7 +2,7 @@
 
 torch's and JAX's random streams differ, so every comparison starts from torch's
 initial weights (``torch.manual_seed(seed)`` then building the net) converted
-with ``torch_compat``. Layers: forward; loss and gradients; 1 / 10 / 100 Adam
+with ``jax_iris.pytorch.compat``. Layers: forward; loss and gradients; 1 / 10 / 100 Adam
 epochs; the whole 1000-epoch run in float64; the evaluation table in float32.
 """
 
@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from jax_iris import torch_reference as tr
 from jax_iris.config import TrainConfig
 from jax_iris.data import load_split
 from jax_iris.models import get_model
+from jax_iris.pytorch import reference as tr
+from jax_iris.pytorch.compat import params_from_state_dict, state_dict_from_params
 from jax_iris.registry import blog_archs
-from jax_iris.torch_compat import params_from_state_dict, state_dict_from_params
 from jax_iris.train import (
     SPLITS,
     as_batch,

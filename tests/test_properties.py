@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from jax_iris import checkpoint, torch_compat
+from jax_iris import checkpoint
 from jax_iris.config import TrainConfig
 from jax_iris.data import _iris, load_split, split_ids
 from jax_iris.models import param_shapes
+from jax_iris.pytorch import compat
 from jax_iris.registry import blog_archs
 
 SEEDS = st.integers(0, 2**32 - 1)  # numpy's legacy RandomState range
@@ -172,14 +173,14 @@ def arch_and_params(draw) -> tuple[str, dict[str, np.ndarray]]:
 @given(case=arch_and_params())
 def test_torch_state_dict_round_trip_is_exact(case):
     arch, flat = case
-    state_dict = torch_compat.state_dict_from_params(arch, checkpoint.unflatten_params(flat))
-    assert list(state_dict) == list(torch_compat.torch_shapes(arch))  # torch's key order
+    state_dict = compat.state_dict_from_params(arch, checkpoint.unflatten_params(flat))
+    assert list(state_dict) == list(compat.torch_shapes(arch))  # torch's key order
     for name, value in flat.items():
         torch_name = name.replace("/", ".").replace(".kernel", ".weight")
         expected = value.T if name.endswith("/kernel") else value  # torch weight is (out, in)
         assert state_dict[torch_name].tobytes() == np.ascontiguousarray(expected).tobytes()
         assert state_dict[torch_name].shape == expected.shape
-    back = checkpoint.flatten_params(torch_compat.params_from_state_dict(arch, state_dict))
+    back = checkpoint.flatten_params(compat.params_from_state_dict(arch, state_dict))
     assert set(back) == set(flat)
     for name, value in flat.items():
         assert back[name].dtype == value.dtype and back[name].shape == value.shape

@@ -84,7 +84,7 @@ def test_plot_script(trained):
 def test_convert_script(trained):
     import torch
 
-    from jax_iris.torch_compat import torch_shapes
+    from jax_iris.pytorch.compat import torch_shapes
 
     cwd, _ = trained
     proc = run_script("convert", "checkpoints/linear.pkl", "linear.pth", cwd=cwd)
@@ -92,6 +92,30 @@ def test_convert_script(trained):
     assert proc.stdout == "wrote linear.pth (linear net state_dict, from checkpoints/linear.pkl)\n"
     state_dict = torch.load(cwd / "linear.pth", weights_only=True)
     assert {k: tuple(v.shape) for k, v in state_dict.items()} == torch_shapes("linear")
+
+
+# Runs a script as ``python SCRIPT ARGS`` would, with torch unimportable: the None in
+# sys.modules is how Python marks a module absent ("import torch" raises ModuleNotFoundError).
+WITHOUT_TORCH = """
+import runpy, sys
+sys.modules["torch"] = None
+script, sys.argv = sys.argv[1], sys.argv[1:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(("source", "target"), [("atten.pkl", "atten.pth"), ("in.pth", "out.pkl")])
+def test_convert_without_torch_names_the_extra(tmp_path, source, target):
+    (tmp_path / source).write_bytes(b"not read: torch is checked first")
+    argv = ["-c", WITHOUT_TORCH, SCRIPTS / "convert.py", source, target]
+    proc = run_python(argv, cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == (
+        "convert.py: error: PyTorch is not installed;"
+        ' install it with: pip install "jax-iris[torch]"\n'
+    )
+    assert not (tmp_path / target).exists()
 
 
 @pytest.mark.slow

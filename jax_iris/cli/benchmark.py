@@ -108,9 +108,9 @@ def torch_single_seconds(arch: str, epochs: int, repeats: int, seeds: int = 1) -
     """The blog's loop in PyTorch (loss and accuracy read back every epoch), ``seeds`` nets."""
     import torch
 
-    from jax_iris import torch_reference as tr
+    from jax_iris.pytorch import reference as tr
 
-    torch.set_num_threads(1)  # fastest for 120 x 20 tensors (see torch_reference.main)
+    torch.set_num_threads(1)  # fastest for 120 x 20 tensors (see reference.main)
     split = tr.load_torch_split()
 
     def run(epochs: int = epochs) -> None:
@@ -194,7 +194,7 @@ def torch_compiled_seconds(
     execution seconds at full size).
     """
     from jax_iris import torch_ensemble as te
-    from jax_iris import torch_reference as tr
+    from jax_iris.pytorch import reference as tr
 
     x, y = (t.numpy() for t in tr.load_torch_split().train)
     best, searched = te.search_settings(x, y, arch=arch, nets=seeds, epochs=search_epochs)
@@ -210,7 +210,7 @@ def torch_ensemble_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> 
     this is the same maths as separate optimisers), all cores, per-epoch metrics kept."""
     import torch
 
-    from jax_iris import torch_reference as tr
+    from jax_iris.pytorch import reference as tr
 
     torch.set_num_threads(os.cpu_count() or 1)
     x, y = tr.load_torch_split().train
@@ -427,7 +427,7 @@ def run(args: argparse.Namespace) -> int:
             env = {**os.environ, "BENCH_CWD": work_dir, "JAX_IRIS_CACHE_DIR": warm_cache}
             env.pop("XLA_FLAGS", None)
             train = [sys.executable, str(ROOT / "scripts" / "train.py"), "--arch", "atten"]
-            reference = [sys.executable, "-m", "jax_iris.torch_reference", "--arch", "atten"]
+            reference = [sys.executable, "-m", "jax_iris.pytorch.reference", "--arch", "atten"]
             subprocess.run(train, cwd=work_dir, env=env, check=True, capture_output=True)
             warm = process_seconds(train, r, env)
             cold_runs = []

@@ -1,7 +1,8 @@
 """The convert command: a torch ``.pth`` state_dict to a jax_iris ``.pkl`` checkpoint, or back.
 
-``scripts/convert.py`` only calls ``convert_command``. torch is needed for the
-``.pth`` side and is reached only through ``jax_iris.torch_reference``.
+``scripts/convert.py`` only calls ``main``. Both directions read or write a ``.pth``,
+so both need torch (the ``torch`` extra), reached only through
+``jax_iris.pytorch.reference``; without it the command says which extra to install.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from jax_iris import registry
 from jax_iris.cli.common import Parser, UsageError, note, run_main
+from jax_iris.pytorch import INSTALL_COMMAND
 from jax_iris.quote import quote
 
 PROG = "convert.py"
@@ -70,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             what = "is not a file" if source.exists() else "does not exist"
             raise UsageError(f"{source} {what}")
         _check_output(target, args.force)
+        _pytorch_reference()  # say now, before any work, if torch is missing
         if to_jax:
             return _torch_to_jax(source, target, args.arch)
         return _jax_to_torch(source, target)
@@ -86,14 +89,18 @@ def _check_output(target: Path, force: bool) -> None:
         raise UsageError(f"cannot write {target}: {target.parent} is not an existing folder")
 
 
-def _torch_reference() -> ModuleType:
+def _pytorch_reference() -> ModuleType:
     try:
-        from jax_iris import torch_reference
+        from jax_iris.pytorch import reference
     except ImportError as err:
+        if err.name == "torch":
+            message = f"PyTorch is not installed; install it with: {INSTALL_COMMAND}"
+            raise UsageError(message) from None
         raise UsageError(
-            f"reading or writing .pth files needs PyTorch ({err}); install torch"
+            f"reading or writing .pth files needs PyTorch, whose import failed ({err});"
+            f" reinstall it with: {INSTALL_COMMAND}"
         ) from None
-    return torch_reference
+    return reference
 
 
 def _pth_bound() -> int:
@@ -101,7 +108,7 @@ def _pth_bound() -> int:
     largest net in float64, plus room for the pickled structure."""
     from math import prod
 
-    from jax_iris.torch_compat import torch_shapes
+    from jax_iris.pytorch.compat import torch_shapes
 
     numel = max(sum(map(prod, torch_shapes(arch).values())) for arch in registry.ARCHS)
     return PTH_ITEM_BYTES * numel + PTH_STRUCTURE_BYTES
@@ -129,11 +136,11 @@ def _check_pth_bounds(source: Path) -> None:
 
 def _read_state_dict(source: Path) -> Mapping[str, Any]:
     _check_pth_bounds(source)
-    torch_reference = _torch_reference()
+    reference = _pytorch_reference()
     try:
         with warnings.catch_warnings():  # torch warns about what it loads (quantized tensors)
             warnings.simplefilter("ignore")
-            loaded = torch_reference.load_state_dict_file(source)
+            loaded = reference.load_state_dict_file(source)
     except pickle.UnpicklingError as err:
         # torch.load(weights_only=True) names a pickled class or function it will not run.
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
@@ -163,7 +170,7 @@ def _read_state_dict(source: Path) -> Mapping[str, Any]:
 
 def _closest_arch(source: Path, state_dict: Mapping[str, Any]) -> str:
     """The arch whose keys the state_dict has exactly, else the one sharing most keys."""
-    from jax_iris.torch_compat import infer_arch, torch_shapes
+    from jax_iris.pytorch.compat import infer_arch, torch_shapes
 
     arch = infer_arch(state_dict)
     if arch is not None:
@@ -185,8 +192,8 @@ def _torch_to_jax(source: Path, target: Path, arch: str | None) -> int:
     from jax_iris import checkpoint
     from jax_iris.config import TrainConfig
     from jax_iris.data import load_split
+    from jax_iris.pytorch.compat import params_from_state_dict
     from jax_iris.report import format_table
-    from jax_iris.torch_compat import params_from_state_dict
     from jax_iris.train import evaluate, metrics_dict
 
     state_dict = _read_state_dict(source)
@@ -245,7 +252,7 @@ def _as_float32(source: Path, params: Any) -> Any:
 
 def _jax_to_torch(source: Path, target: Path) -> int:
     from jax_iris import checkpoint
-    from jax_iris.torch_compat import state_dict_from_params
+    from jax_iris.pytorch.compat import state_dict_from_params
 
     try:
         ckpt = checkpoint.load(source)
@@ -254,11 +261,11 @@ def _jax_to_torch(source: Path, target: Path) -> int:
     if registry.arch_spec(ckpt.arch).torch_module is None:
         raise UsageError(f"{source}: the {ckpt.arch} net has no PyTorch restatement to write")
     state_dict = state_dict_from_params(ckpt.arch, ckpt.params)
-    torch_reference = _torch_reference()
+    reference = _pytorch_reference()
     # Prove the file will load before writing it.
-    torch_reference.build(ckpt.arch, state_dict=state_dict)
+    reference.build(ckpt.arch, state_dict=state_dict)
     try:
-        torch_reference.save_state_dict_file(target, state_dict)
+        reference.save_state_dict_file(target, state_dict)
     except OSError as err:
         raise UsageError(f"cannot write {target}: {err.strerror or err}") from None
     print(f"wrote {target} ({ckpt.arch} net state_dict, from {source})")

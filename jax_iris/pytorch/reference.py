@@ -1,10 +1,10 @@
 """The blog's experiment restated in PyTorch: the reference the JAX port is tested against.
 
-Apart from the benchmark, this is the only jax_iris module that imports torch. It
-holds the two nets (with the blog's attribute names, so their ``state_dict`` keys
-are the blog's), its ``Adam(lr=0.005, weight_decay=1e-3)`` loop with
-``CrossEntropyLoss`` applied to the sigmoid outputs, and its evaluation.
-``python -m jax_iris.torch_reference`` trains both nets from ``torch.manual_seed``
+The only module of the installed package that imports torch (the ``torch`` extra). It
+holds the two nets (with the blog's attribute names, so their ``state_dict`` keys are
+the blog's), its ``Adam(lr=0.005, weight_decay=1e-3)`` loop with ``CrossEntropyLoss``
+applied to the sigmoid outputs, and its evaluation.
+``python -m jax_iris.pytorch.reference`` trains both nets from ``torch.manual_seed``
 weights and prints the blog's tables.
 """
 
@@ -234,7 +234,7 @@ def _format(value: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m jax_iris.torch_reference",
+        prog="python -m jax_iris.pytorch.reference",
         description="Train the blog's two nets in PyTorch and print its tables.",
     )
     blog = registry.blog_archs()

@@ -137,6 +137,9 @@ def run_child(arch: str, flags: bool, args: argparse.Namespace, out: str) -> dic
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES} {extra}" + (
         f" {FAST_FLAGS}" if flags else ""
     )
+    # jax_iris sets its default flags on import unless told not to: the "off" child must
+    # run with XLA's own defaults.
+    env["JAX_IRIS_XLA_FLAGS"] = "" if flags else "none"
     command = [sys.executable, __file__, "--child", arch, "--out", out]
     command += ["--nets", str(args.nets), "--repeats", str(args.repeats), "--epochs"]
     subprocess.run(command + [str(e) for e in args.epochs], env=env, check=True)

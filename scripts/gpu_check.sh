@@ -124,7 +124,7 @@ PY
 # shellcheck disable=SC2086  # the sizes are words
 step "Sweep scaling curve (compile time = first call - second call)" 180 \
     "$python" "$work/curve.py" "$epochs" $sizes
-step "Benchmark" 150 "$python" scripts/benchmark.py "${bench[@]}"
+step "Benchmark" 150 "$python" benchmarks/benchmark.py "${bench[@]}"
 
 report "Whole check: $((SECONDS - started)) s."
 cp "$work/report.md" "$out"

@@ -31,7 +31,7 @@ from helpers import (
 )
 
 from jax_iris import checkpoint, fileio, plots, report
-from jax_iris.cli import benchmark, common, convert, evaluate, plot, sweep, train
+from jax_iris.cli import common, convert, evaluate, plot, sweep, train
 from jax_iris.cli.common import NOTHING_WRITTEN, OUTPUTS_WRITTEN
 from jax_iris.quote import clean_path, quote
 from jax_iris.store import STORE_DIR
@@ -101,7 +101,7 @@ def one_line(err: str) -> str:
 
 @pytest.mark.parametrize("staged", [1, 3], ids=["atten-events", "linear-events"])
 @pytest.mark.slow
-def test_3_full_disk_while_writing_events_keeps_every_earlier_file(
+def test_full_disk_while_writing_events_keeps_every_earlier_file(
     workdir, earlier, capsys, monkeypatch, staged
 ):
     """--arch both stages atten.pkl, atten's events, linear.pkl, linear's events."""
@@ -113,7 +113,7 @@ def test_3_full_disk_while_writing_events_keeps_every_earlier_file(
     assert snapshot(workdir) == earlier
 
 
-def test_3_ctrl_c_while_events_are_built_keeps_every_earlier_file(
+def test_ctrl_c_while_events_are_built_keeps_every_earlier_file(
     workdir, earlier, capsys, monkeypatch
 ):
     monkeypatch.setattr(report, "tensorboard_events", interrupt)
@@ -125,7 +125,7 @@ def test_3_ctrl_c_while_events_are_built_keeps_every_earlier_file(
 
 
 @pytest.mark.slow
-def test_3_ctrl_c_after_the_sweep_summary_keeps_every_earlier_file(
+def test_ctrl_c_after_the_sweep_summary_keeps_every_earlier_file(
     workdir, earlier, capsys, monkeypatch
 ):
     monkeypatch.setattr(plots, "sweep_histograms", interrupt)
@@ -139,7 +139,7 @@ def test_3_ctrl_c_after_the_sweep_summary_keeps_every_earlier_file(
     assert any(k.endswith(".chunk") for k in now)  # the trained nets are kept
 
 
-def test_3_plot_with_room_for_one_png_replaces_neither(workdir, earlier, capsys, monkeypatch):
+def test_plot_with_room_for_one_png_replaces_neither(workdir, earlier, capsys, monkeypatch):
     disk_full_after(monkeypatch, 1)
     runs = [workdir / "checkpoints" / "atten.pkl", workdir / "checkpoints" / "linear.pkl"]
     code, out, err = call(plot.main, [*runs, "--out", "out"], capsys)
@@ -150,7 +150,7 @@ def test_3_plot_with_room_for_one_png_replaces_neither(workdir, earlier, capsys,
     assert snapshot(workdir) == earlier
 
 
-def test_3_two_runs_in_the_same_second_keep_both_event_files(workdir, capsys, monkeypatch):
+def test_two_runs_in_the_same_second_keep_both_event_files(workdir, capsys, monkeypatch):
     monkeypatch.setattr(report, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
     for seed in (1, 2):
         code, _, err = call(train.main, [*TRAIN, "--seed", seed], capsys)
@@ -184,7 +184,7 @@ sys.exit(train.main(sys.argv[1:]))
 
 @pytest.mark.subprocess
 @pytest.mark.slow
-def test_3_real_sigint_while_writing_keeps_every_earlier_file(workdir, earlier):
+def test_real_sigint_while_writing_keeps_every_earlier_file(workdir, earlier):
     child = subprocess.Popen(
         [sys.executable, "-c", _PAUSED_WRITER, *map(str, TRAIN), "--arch", "both"],
         cwd=workdir,
@@ -207,7 +207,7 @@ def test_3_real_sigint_while_writing_keeps_every_earlier_file(workdir, earlier):
     assert snapshot(workdir) == earlier
 
 
-def test_3_ctrl_c_during_the_renames_is_all_or_nothing(workdir, earlier, capsys, monkeypatch):
+def test_ctrl_c_during_the_renames_is_all_or_nothing(workdir, earlier, capsys, monkeypatch):
     real_replace = os.replace
 
     def replace(source, target):
@@ -263,7 +263,7 @@ def _dangling(path: Path) -> None:
     ],
     ids=["checkpoint-dir", "logdir-arch", "out"],
 )
-def test_4_dangling_symlink_is_refused_before_training(
+def test_dangling_symlink_is_refused_before_training(
     workdir, earlier, capsys, command, argv, link, line
 ):
     _dangling(workdir / link)
@@ -276,7 +276,7 @@ def test_4_dangling_symlink_is_refused_before_training(
 
 
 @pytest.mark.parametrize("flag", ["--checkpoint-dir", "--logdir"])
-def test_4_over_long_name_is_refused_before_training(workdir, earlier, capsys, flag):
+def test_over_long_name_is_refused_before_training(workdir, earlier, capsys, flag):
     limit = os.pathconf(workdir, "PC_NAME_MAX")
     name = "x" * (limit + 1)
     code, out, err = call(train.main, [*TRAIN, flag, f"new/{name}"], capsys)
@@ -290,7 +290,7 @@ def test_4_over_long_name_is_refused_before_training(workdir, earlier, capsys, f
     assert snapshot(workdir) == earlier and not (workdir / "new").exists()
 
 
-def test_4_a_folder_where_a_png_goes_is_found_before_anything_is_replaced(workdir, earlier, capsys):
+def test_a_folder_where_a_png_goes_is_found_before_anything_is_replaced(workdir, earlier, capsys):
     (workdir / "out" / "loss.png").unlink()
     (workdir / "out" / "loss.png").mkdir()
     before = snapshot(workdir)
@@ -304,7 +304,7 @@ def test_4_a_folder_where_a_png_goes_is_found_before_anything_is_replaced(workdi
     assert snapshot(workdir) == before
 
 
-def test_4_a_folder_where_a_checkpoint_goes_is_found_before_training(workdir, capsys):
+def test_a_folder_where_a_checkpoint_goes_is_found_before_training(workdir, capsys):
     (workdir / "checkpoints" / "atten.pkl").mkdir(parents=True)
     code, out, err = call(train.main, TRAIN, capsys)
     assert code == EXIT_USAGE
@@ -354,23 +354,6 @@ def test_4_a_folder_where_a_checkpoint_goes_is_found_before_training(workdir, ca
             "sweep.py: error: --weight-decay must be a number >= 0 that float32 can hold"
             " (up to 3.4e38), got 1e+300",
         ),
-        (
-            benchmark,
-            ["--epochs", "100000000000"],
-            "benchmark.py: error: --epochs must be an integer from 1 to 10,000,000,"
-            " got 100000000000",
-        ),
-        (
-            benchmark,
-            ["--seeds", "4294967297"],
-            "benchmark.py: error: --seeds must be an integer from 1 to 1,000,000, got 4294967297",
-        ),
-        (
-            benchmark,
-            ["--seeds", "1000000", "--epochs", "1000"],
-            "benchmark.py: error: --seeds x --epochs is 1,000,000,000; part (b) keeps every"
-            " net's per-epoch metrics, so at most 100,000,000 (or --skip b)",
-        ),
     ],
     ids=[
         "train-epochs",
@@ -379,12 +362,9 @@ def test_4_a_folder_where_a_checkpoint_goes_is_found_before_training(workdir, ca
         "train-lr",
         "train-weight-decay",
         "sweep-weight-decay",
-        "benchmark-epochs",
-        "benchmark-seeds",
-        "benchmark-seeds-x-epochs",
     ],
 )
-def test_5_out_of_range_numbers_are_refused_in_one_line(workdir, capsys, command, argv, line):
+def test_out_of_range_numbers_are_refused_in_one_line(workdir, capsys, command, argv, line):
     code, out, err = call(command.main, argv, capsys)
     assert code == EXIT_USAGE
     assert one_line(err) == line
@@ -396,11 +376,10 @@ def test_5_out_of_range_numbers_are_refused_in_one_line(workdir, capsys, command
     [
         (train, ["--epochs EPOCHS       full-batch epochs, 1 to 10,000,000"]),
         (sweep, ["N <= 1,000,000", "1 to 10,000,000"]),
-        (benchmark, ["1 to 1,000,000", "1 to 10,000,000", "1 to 1,000 ", "100,000,000"]),
     ],
-    ids=["train", "sweep", "benchmark"],
+    ids=["train", "sweep"],
 )
-def test_5_help_states_the_bounds(capsys, command, bounds):
+def test_help_states_the_bounds(capsys, command, bounds):
     code, out, err = call(command.main, ["--help"], capsys)
     assert (code, err) == (0, "")
     text = " ".join(out.split())
@@ -411,7 +390,7 @@ def test_5_help_states_the_bounds(capsys, command, bounds):
 # ---------------------------------------------------------------- 6. the rest
 
 
-def test_6_evaluate_shows_every_checkpoint_given_labelled_by_path(workdir, capsys):
+def test_evaluate_shows_every_checkpoint_given_labelled_by_path(workdir, capsys):
     for folder, seed in (("a", 1), ("b", 2)):
         (workdir / folder).mkdir()
         save_untrained(workdir / folder / "atten.pkl", seed=seed)
@@ -467,7 +446,7 @@ def _state_dict(kind: str):
         ),
     ],
 )
-def test_6_convert_is_exact_where_it_can_be(workdir, capsys, kind, note):
+def test_convert_is_exact_where_it_can_be(workdir, capsys, kind, note):
     import torch
 
     state_dict = _state_dict(kind)
@@ -508,7 +487,7 @@ def test_6_convert_is_exact_where_it_can_be(workdir, capsys, kind, note):
         ),
     ],
 )
-def test_6_convert_refuses_what_it_cannot_convert_in_one_line(workdir, capsys, kind, line):
+def test_convert_refuses_what_it_cannot_convert_in_one_line(workdir, capsys, kind, line):
     import warnings
 
     import torch
@@ -526,7 +505,7 @@ def test_6_convert_refuses_what_it_cannot_convert_in_one_line(workdir, capsys, k
 # -- the compilation cache: at most one line, once, and the run goes on
 
 
-def test_6_unusable_cache_folder_costs_one_line(workdir, capsys, monkeypatch):
+def test_unusable_cache_folder_costs_one_line(workdir, capsys, monkeypatch):
     (workdir / "file").write_bytes(b"")
     monkeypatch.setenv("JAX_IRIS_CACHE_DIR", str(workdir / "file" / "xla"))
     code, out, err = call(train.main, TRAIN, capsys)
@@ -539,7 +518,7 @@ def test_6_unusable_cache_folder_costs_one_line(workdir, capsys, monkeypatch):
     assert sorted(snapshot(workdir)) == ["checkpoints/atten.pkl", "file", *_events(workdir)]
 
 
-def test_6_read_only_cache_folder_costs_one_line(workdir, capsys, monkeypatch):
+def test_read_only_cache_folder_costs_one_line(workdir, capsys, monkeypatch):
     """A folder the user may not write to (simulated: tests may run as root, who may)."""
     cache = workdir / "cache"
     cache.mkdir()
@@ -582,7 +561,7 @@ sys.exit(train.main(sys.argv[1:]))
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_6_full_cache_disk_costs_one_line_and_later_runs_none(workdir):
+def test_full_cache_disk_costs_one_line_and_later_runs_none(workdir):
     cache = workdir / "cache"
     env = {**os.environ, "JAX_IRIS_CACHE_DIR": str(cache)}
 
@@ -617,52 +596,12 @@ def test_6_full_cache_disk_costs_one_line_and_later_runs_none(workdir):
     assert run("-m", "jax_iris", "train").stderr == ""  # the torn entries were dropped
 
 
-# -- benchmark follows the command-line rules
-
-
-@pytest.mark.parametrize(
-    ("argv", "line"),
-    [
-        (["--bogus"], "benchmark.py: error: unrecognized arguments: --bogus (see --help)"),
-        (
-            ["--repeats", "0"],
-            "benchmark.py: error: --repeats must be an integer from 1 to 1,000, got 0",
-        ),
-        (
-            ["--epochs", "0"],
-            "benchmark.py: error: --epochs must be an integer from 1 to 10,000,000, got 0",
-        ),
-        (
-            ["--seeds", "0"],
-            "benchmark.py: error: --seeds must be an integer from 1 to 1,000,000, got 0",
-        ),
-        (
-            ["--serial-seeds", "0"],
-            "benchmark.py: error: --serial-seeds must be an integer from 1 to 1,000,000, got 0",
-        ),
-    ],
-)
-def test_6_benchmark_refuses_bad_flags_in_one_line(workdir, capsys, argv, line):
-    code, out, err = call(benchmark.main, argv, capsys)
-    assert code == EXIT_USAGE
-    assert one_line(err) == line
-    assert out == "" and snapshot(workdir) == {}
-
-
-def test_6_benchmark_ctrl_c_is_one_line(workdir, capsys, monkeypatch):
-    monkeypatch.setattr(benchmark, "use_host_devices", interrupt)
-    code, out, err = call(benchmark.main, ["--skip", "a", "b", "c"], capsys)
-    assert code == EXIT_INTERRUPTED
-    assert one_line(err) == f"benchmark.py: interrupted; {NOTHING_WRITTEN}"
-    assert out == "" and snapshot(workdir) == {}
-
-
 # -- output to a closed pipe or in an odd encoding never loses the run
 
 
 @pytest.mark.subprocess
 @pytest.mark.slow
-def test_6_closed_stdout_pipe_does_not_lose_the_run(workdir):
+def test_closed_stdout_pipe_does_not_lose_the_run(workdir):
     """``train.py --epochs 50 ... | head -1``: the reader goes after the first line."""
     with subprocess.Popen(
         [sys.executable, "-m", "jax_iris", "train", "--epochs", "50", "--log-every", "10"],
@@ -682,7 +621,7 @@ def test_6_closed_stdout_pipe_does_not_lose_the_run(workdir):
 
 @pytest.mark.subprocess
 @pytest.mark.slow
-def test_6_non_utf8_folder_name_with_utf8_output_does_not_lose_the_run(workdir):
+def test_non_utf8_folder_name_with_utf8_output_does_not_lose_the_run(workdir):
     folder = os.fsencode(workdir) + b"/caf\xe9"
     try:
         os.mkdir(folder)

@@ -21,7 +21,7 @@ from helpers import (
 )
 
 import jax_iris.cli
-from jax_iris.cli import benchmark, convert, evaluate, plot, sweep, train
+from jax_iris.cli import convert, evaluate, plot, sweep, train
 from jax_iris.plots import INSTALL_HINT
 
 
@@ -355,7 +355,7 @@ def test_convert_never_replaces_an_existing_file_without_force(tmp_path, capsys,
     assert target.read_bytes() == b"precious"
 
 
-# ---------------------------------------------------------------- benchmark, dispatcher, argparse
+# ---------------------------------------------------------------- dispatcher, argparse
 
 
 @pytest.mark.parametrize(
@@ -364,16 +364,12 @@ def test_convert_never_replaces_an_existing_file_without_force(tmp_path, capsys,
         (evaluate.main, "evaluate.py", [], ["the following arguments are required: CHECKPOINT"]),
         (plot.main, "plot.py", [], ["the following arguments are required: RUN"]),
         (convert.main, "convert.py", [], ["the following arguments are required: IN, OUT"]),
-        (benchmark.main, "benchmark.py", ["--seeds", "0"], ["--seeds must be", "0"]),
-        (benchmark.main, "benchmark.py", ["--arch", "x"], ["--arch", "invalid choice: 'x'"]),
         (jax_iris.cli.main, "jax-iris", ["nope"], ["unknown command 'nope'", "train, evaluate"]),
     ],
     ids=[
         "evaluate-nothing",
         "plot-nothing",
         "convert-nothing",
-        "bench-seeds",
-        "bench-arch",
         "unknown-command",
     ],
 )
@@ -384,7 +380,7 @@ def test_missing_arguments_and_unknown_names(capsys, main, prog, argv, needles):
 def test_jax_iris_without_a_command_prints_the_commands_on_stderr(capsys):
     outcome = call(jax_iris.cli.main, [], capsys)
     assert outcome.code == 2 and outcome.out == ""  # a mistake: usage on stderr, as argparse
-    for name in ("train", "evaluate", "sweep", "convert", "plot", "benchmark"):
+    for name in ("train", "evaluate", "sweep", "convert", "plot"):
         assert f"\n  {name} " in outcome.err
 
 
@@ -407,7 +403,6 @@ def test_every_help_answers_without_importing_jax(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[:-1] == [
-        f"{name} 0 True"
-        for name in ("train", "evaluate", "predict", "sweep", "convert", "plot", "benchmark")
+        f"{name} 0 True" for name in ("train", "evaluate", "predict", "sweep", "convert", "plot")
     ]
     assert lines[-1] == "heavy []"

@@ -19,7 +19,6 @@ from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 from tensorboardX.record_writer import masked_crc32c
 
 from jax_iris.cli.sweep import main as sweep_main
-from jax_iris.grid_bench import grid_vs_seed_sweep
 from jax_iris.progress import Progress
 from jax_iris.report import HPARAMS, HPARAMS_METRICS, cell_run_name
 from jax_iris.store import STORE_DIR
@@ -370,15 +369,3 @@ def test_a_failed_write_leaves_every_earlier_file_as_it_was(tmp_path, capsys):
     assert after == before
     assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert (out / "success.png").is_dir()
-
-
-def test_grid_vs_seed_sweep_times_the_same_number_of_nets():
-    result = grid_vs_seed_sweep("linear", nets=24, epochs=3, repeats=1)
-    assert (result.nets, result.epochs) == (24, 3)
-    assert result.grid_nets_per_second == pytest.approx(24 / result.grid_seconds)
-    assert result.sweep_nets_per_second == pytest.approx(24 / result.sweep_seconds)
-    assert result.ratio > 0
-    assert result.grid_best_seconds <= result.grid_seconds
-    assert result.sweep_best_seconds <= result.sweep_seconds
-    with pytest.raises(ValueError, match="multiple of 12"):
-        grid_vs_seed_sweep("linear", nets=25)

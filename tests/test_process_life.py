@@ -6,7 +6,7 @@
 4. A deleted working folder and over-long paths.
 5. A decompression bomb in a ``.pth``.
 6. Values that load but would break later.
-7. benchmark's flags, all checked before work.
+7. (benchmark's flags: tests/test_benchmark.py, as benchmarks/ is not the package.)
 8. ``jax-iris`` alone, and commands named as typed.
 
 Each test asserts the exit status, the stderr line and the files before and after.
@@ -37,7 +37,7 @@ from helpers import (
 
 import jax_iris.cli
 from jax_iris import checkpoint, fileio
-from jax_iris.cli import benchmark, convert, evaluate, plot, train
+from jax_iris.cli import convert, evaluate, plot, train
 from jax_iris.cli.common import NOTHING_WRITTEN
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
@@ -82,7 +82,7 @@ def strays(folder: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["TERM", "HUP"])
-def test_1_sigterm_during_training_is_ctrl_c(tmp_path, signum):
+def test_sigterm_during_training_is_ctrl_c(tmp_path, signum):
     ckpt = tmp_path / "ck"
     ckpt.mkdir()
     save_untrained(ckpt / "atten.pkl")
@@ -142,7 +142,7 @@ def _killed_commit(tmp_path: Path, step: str, count: int) -> dict[str, bytes]:
 
 
 @pytest.mark.subprocess
-def test_1_sigkill_during_the_renames_is_completed_by_the_next_commit(tmp_path):
+def test_sigkill_during_the_renames_is_completed_by_the_next_commit(tmp_path):
     before = _killed_commit(tmp_path, "replace", 2)  # killed after the first rename
     mixed = snapshot(tmp_path)
     assert mixed["d0/out.txt"] == b"new 0" and mixed["d1/out.txt"] == b"old 1"  # the mix
@@ -157,7 +157,7 @@ def test_1_sigkill_during_the_renames_is_completed_by_the_next_commit(tmp_path):
 
 
 @pytest.mark.subprocess
-def test_1_sigkill_before_the_journal_is_written_is_rolled_back(tmp_path):
+def test_sigkill_before_the_journal_is_written_is_rolled_back(tmp_path):
     before = _killed_commit(tmp_path, "fsync", 2)  # killed while staging the second file
     assert strays(tmp_path)
     assert fileio.recover(tmp_path / "d1") == []  # nothing completed: not committed
@@ -169,7 +169,7 @@ def test_1_sigkill_before_the_journal_is_written_is_rolled_back(tmp_path):
 
 
 @pytest.mark.subprocess
-def test_1_a_live_commit_is_left_alone(tmp_path):
+def test_a_live_commit_is_left_alone(tmp_path):
     """Another process's recovery must not touch a commit whose process still runs."""
     (tmp_path / "d0").mkdir()
     child = start(["-c", _PAUSED_COMMIT, "fsync", 1], tmp_path)
@@ -187,7 +187,7 @@ def test_1_a_live_commit_is_left_alone(tmp_path):
     assert strays(tmp_path) == []
 
 
-def test_1_commit_removes_listed_files_in_the_same_commit(tmp_path):
+def test_commit_removes_listed_files_in_the_same_commit(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "old.csv").write_bytes(b"old")
     written = fileio.commit(
@@ -197,7 +197,7 @@ def test_1_commit_removes_listed_files_in_the_same_commit(tmp_path):
     assert snapshot(tmp_path) == {"a/new.csv": b"new"}
 
 
-def test_1_ctrl_c_while_staging_leaves_no_temporary(tmp_path):
+def test_ctrl_c_while_staging_leaves_no_temporary(tmp_path):
     (tmp_path / "keep.txt").write_bytes(b"kept")
 
     def interrupted(f) -> None:
@@ -216,7 +216,7 @@ def test_1_ctrl_c_while_staging_leaves_no_temporary(tmp_path):
 @pytest.mark.subprocess
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["INT", "TERM"])
 @pytest.mark.parametrize("command", ["train", "evaluate", "plot", "sweep"])
-def test_2_stop_signal_while_starting_is_one_line(tmp_path, command, signum):
+def test_stop_signal_while_starting_is_one_line(tmp_path, command, signum):
     """Sent before the program's first line: it waits (blocked) and lands at once."""
     ckpt = save_untrained(tmp_path / "atten.pkl")
     argv = {
@@ -258,7 +258,7 @@ process_life.exit(run_main("demo", body))
 
 
 @pytest.mark.subprocess
-def test_2_ctrl_c_inside_a_gc_callback_is_not_swallowed(tmp_path):
+def test_ctrl_c_inside_a_gc_callback_is_not_swallowed(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", _STOP_IN_GC_CALLBACK],
         cwd=tmp_path,
@@ -284,7 +284,7 @@ def test_2_ctrl_c_inside_a_gc_callback_is_not_swallowed(tmp_path):
     ],
     ids=["closed", "full", "broken-pipe"],
 )
-def test_3_stdout_problems_never_cost_the_run(tmp_path, redirect, err_line):
+def test_stdout_problems_never_cost_the_run(tmp_path, redirect, err_line):
     if redirect == "> /dev/full" and not Path("/dev/full").exists():
         pytest.skip("no /dev/full here")
     command = f"'{sys.executable}' '{SCRIPTS / 'train.py'}' {' '.join(map(str, TRAIN))}"
@@ -306,7 +306,7 @@ def test_3_stdout_problems_never_cost_the_run(tmp_path, redirect, err_line):
 
 
 @pytest.mark.subprocess
-def test_3_closed_stderr_keeps_errors_off_stdout(tmp_path):
+def test_closed_stderr_keeps_errors_off_stdout(tmp_path):
     script = f"'{sys.executable}' '{SCRIPTS / 'train.py'}' --epochs 0 2>&-; echo $?"
     proc = subprocess.run(
         ["bash", "-c", script],
@@ -324,7 +324,7 @@ def test_3_closed_stderr_keeps_errors_off_stdout(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.subprocess
-def test_4_a_deleted_working_folder_does_not_stop_a_run_with_absolute_paths(tmp_path):
+def test_a_deleted_working_folder_does_not_stop_a_run_with_absolute_paths(tmp_path):
     gone = tmp_path / "gone"
     gone.mkdir()
     argv = " ".join(map(str, [*TRAIN, "--checkpoint-dir", tmp_path / "ck"]))
@@ -354,7 +354,7 @@ LONG_PATH = "/".join(["x" * 200] * 25)  # 5,000 bytes of 200-byte parts
     ],
     ids=["checkpoint-dir", "logdir", "plot-out", "convert-out", "convert-in", "convert-deep"],
 )
-def test_4_over_long_paths_are_one_line(tmp_path, capsys, monkeypatch, command, argv, prog):
+def test_over_long_paths_are_one_line(tmp_path, capsys, monkeypatch, command, argv, prog):
     monkeypatch.chdir(tmp_path)
     save_untrained(tmp_path / "atten.pkl")
     before = snapshot(tmp_path)
@@ -368,7 +368,7 @@ def test_4_over_long_paths_are_one_line(tmp_path, capsys, monkeypatch, command, 
 
 
 @pytest.mark.torch
-def test_5_a_pth_decompression_bomb_is_refused_before_loading(tmp_path, capsys):
+def test_a_pth_decompression_bomb_is_refused_before_loading(tmp_path, capsys):
     import torch
 
     buffer = io.BytesIO()  # a 3-element bias viewed from a 64 MiB storage of zeros
@@ -421,7 +421,7 @@ def _odd_checkpoint(path: Path, kind: str) -> Path:
     ],
 )
 @pytest.mark.parametrize("command", [plot, evaluate], ids=["plot", "evaluate"])
-def test_6_values_that_would_break_later_are_refused_on_load(
+def test_values_that_would_break_later_are_refused_on_load(
     tmp_path, capsys, monkeypatch, command, kind, needle
 ):
     monkeypatch.chdir(tmp_path)
@@ -434,36 +434,17 @@ def test_6_values_that_would_break_later_are_refused_on_load(
     assert outcome.out == "" and snapshot(tmp_path) == before
 
 
-# ---------------------------------------------------------------- 7. benchmark flags
-
-
-@pytest.mark.parametrize(
-    ("argv", "line"),
-    [
-        (["--grid-epochs", "0"], "--grid-epochs must be an integer from 1 to 10,000,000, got 0"),
-        (["--search-epochs", "0"], "--search-epochs must be an integer from 1 to 10,000,000"),
-        (["--group-size", "-5"], "--group-size must be an integer from 0 to 1,000,000"),
-    ],
-    ids=["grid-epochs", "search-epochs", "group-size"],
-)
-def test_7_benchmark_checks_every_flag_before_work(tmp_path, capsys, monkeypatch, argv, line):
-    monkeypatch.chdir(tmp_path)
-    outcome = call(benchmark.main, argv, capsys)
-    assert_usage_error(outcome, "benchmark.py", line)
-    assert outcome.out == "" and snapshot(tmp_path) == {}
-
-
 # ---------------------------------------------------------------- 8. small things
 
 
-def test_8_jax_iris_alone_prints_usage_on_stderr(capsys):
+def test_jax_iris_alone_prints_usage_on_stderr(capsys):
     outcome = call(jax_iris.cli.main, [], capsys)
     assert (outcome.code, outcome.out) == (EXIT_USAGE, "")
     assert outcome.err.startswith("usage: jax-iris COMMAND")
     assert call(jax_iris.cli.main, ["--help"], capsys)[:1] == (0,)
 
 
-def test_8_errors_name_the_command_as_typed(tmp_path, capsys, monkeypatch):
+def test_errors_name_the_command_as_typed(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     outcome = call(jax_iris.cli.main, ["train", "--epochs", "0"], capsys)
     assert_usage_error(outcome, "jax-iris train", "--epochs must be")

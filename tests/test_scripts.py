@@ -118,6 +118,31 @@ def test_convert_without_torch_names_the_extra(tmp_path, source, target):
     assert not (tmp_path / target).exists()
 
 
+IMPORT_ALL_WITHOUT_TORCH = """
+import importlib, pkgutil, sys
+sys.modules["torch"] = None
+import jax_iris
+modules = pkgutil.walk_packages(jax_iris.__path__, "jax_iris.")
+names = sorted(m.name for m in modules if not m.name.endswith(".__main__"))  # runs a command
+failed = []
+for name in names:
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        failed.append(name)
+print(len(names), failed)
+"""
+
+
+@pytest.mark.subprocess
+def test_only_the_pytorch_reference_needs_torch(tmp_path):
+    proc = run_python(["-c", IMPORT_ALL_WITHOUT_TORCH], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    count, failed = proc.stdout.split(" ", 1)
+    assert int(count) > 20  # every module was found
+    assert failed.strip() == "['jax_iris.pytorch.reference']"
+
+
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_sweep_script(tmp_path):
@@ -134,15 +159,6 @@ def test_sweep_script(tmp_path):
     assert summary["paired"][0]["n"] == 3
     assert summary["sweep"]["seeds"] == 3
     assert (tmp_path / "res" / "accuracy.png").read_bytes()[:8] == PNG_SIGNATURE
-
-
-@pytest.mark.subprocess
-def test_benchmark_script_help(tmp_path):
-    proc = run_script("benchmark", "--help", cwd=tmp_path)
-    assert (proc.returncode, proc.stderr) == (0, "")
-    assert proc.stdout.startswith("usage: benchmark.py")
-    for flag in ("--arch", "--seeds", "--epochs", "--repeats", "--skip"):
-        assert flag in proc.stdout
 
 
 @pytest.mark.subprocess

@@ -26,7 +26,6 @@ COMMANDS = {
     "sweep": "train many seeds (and learning rates, weight decays) with statistics",
     "convert": "convert between a PyTorch .pth state_dict and a jax_iris .pkl",
     "plot": "draw accuracy and loss per epoch from checkpoints",
-    "benchmark": "time JAX against the PyTorch reference",
 }
 
 

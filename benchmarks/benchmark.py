@@ -1,5 +1,7 @@
 """``benchmark.py``: JAX against the PyTorch reference, measured in one run on one machine.
 
+    python benchmarks/benchmark.py [--repeats 2] [--skip a b c d]   (a to c need torch)
+
 (a) one net, 1000 epochs: the compiled JAX scan against the blog's PyTorch loop;
 (b) N nets x 1000 epochs: the JAX sweep against a PyTorch ensemble (the N nets
     stacked and trained together with batched matmuls) and against the serial
@@ -12,9 +14,15 @@
 (d) a learning-rate x weight-decay grid against a seed sweep of the same size.
 
 Every figure is the median of ``--repeats`` runs; execution times exclude compiling.
+Its sibling modules (``grid_bench``, ``torch_ensemble``) import as top-level modules, as
+Python finds them beside a script it runs; the tests see this folder the same way.
 """
 
 from __future__ import annotations
+
+from jax_iris import process_life
+
+process_life.install_for(__name__)  # as a program: before anything heavy is imported
 
 import argparse
 import os
@@ -32,7 +40,7 @@ from jax_iris import registry
 from jax_iris.cli.common import Parser, UsageError, flag_name, run_main, use_host_devices
 from jax_iris.config import MAX_EPOCHS, MAX_NETS
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 PEAK_MATMUL_SIZE = 2048
 WARMUP_EPOCHS = 5  # an untimed run first, on both sides
 MAX_REPEATS = 1000
@@ -193,7 +201,8 @@ def torch_compiled_seconds(
     Returns (best setting, every setting's search seconds, compile + warm-up seconds,
     execution seconds at full size).
     """
-    from jax_iris import torch_ensemble as te
+    import torch_ensemble as te
+
     from jax_iris.pytorch import reference as tr
 
     x, y = (t.numpy() for t in tr.load_torch_split().train)
@@ -205,52 +214,21 @@ def torch_compiled_seconds(
 
 
 def torch_ensemble_seconds(arch: str, seeds: int, epochs: int, repeats: int) -> float:
-    """PyTorch's strongest form of the sweep: the nets' weights stacked [seeds, in, out],
-    trained together with ``baddbmm``, one Adam over the stacks (Adam is elementwise, so
-    this is the same maths as separate optimisers), all cores, per-epoch metrics kept."""
+    """PyTorch's eager form of the sweep: the ensemble's stacks of the reference nets
+    (``torch_ensemble``) trained together with ``baddbmm``, autograd and one
+    ``torch.optim.Adam`` over the stacks (Adam is elementwise, so this is the same maths as
+    separate optimisers), all cores, per-epoch losses kept."""
     import torch
+    import torch_ensemble as te
 
     from jax_iris.pytorch import reference as tr
 
     torch.set_num_threads(os.cpu_count() or 1)
     x, y = tr.load_torch_split().train
-    xs, ys = x.expand(seeds, *x.shape), y.repeat(seeds)
-    sizes = [(4, 10), (10, 20)]  # both nets: 4 -> 10 -> 20, then a 20 -> 3 head
-    per_layer = 3 if arch == "atten" else 1
-
-    def dense(fan_in: int, fan_out: int) -> list[torch.Tensor]:
-        bound = fan_in**-0.5
-        w = torch.empty(seeds, fan_in, fan_out).uniform_(-bound, bound).requires_grad_()
-        b = torch.empty(seeds, 1, fan_out).uniform_(-bound, bound).requires_grad_()
-        return [w, b]
+    start = te.init_params(arch, seeds)
 
     def run(epochs: int = epochs) -> None:
-        torch.manual_seed(0)
-        layers = [[dense(i, o) for _ in range(per_layer)] for i, o in sizes]
-        head = dense(20, 3)
-        params = [t for layer in layers for wb in layer for t in wb] + head
-        opt = torch.optim.Adam(params, lr=0.005, weight_decay=1e-3)
-        losses = torch.empty(epochs, seeds)
-        for epoch in range(epochs):
-            h = xs
-            for layer in layers:
-                if arch == "atten":
-                    k, q, v = (torch.baddbmm(b, h, w) for w, b in layer)
-                    gate = torch.softmax(k * q / torch.sqrt(torch.tensor(k.shape[-1])), dim=-1)
-                    h = torch.relu(gate * v)
-                else:
-                    ((w, b),) = layer
-                    h = torch.relu(torch.baddbmm(b, h, w))
-            out = torch.sigmoid(torch.baddbmm(head[1], h, head[0]))
-            per_net = (
-                torch.nn.functional.cross_entropy(out.reshape(-1, 3), ys, reduction="none")
-                .view(seeds, -1)
-                .mean(1)
-            )
-            opt.zero_grad()
-            per_net.sum().backward()  # each net's gradient is that of its own mean loss
-            opt.step()
-            losses[epoch] = per_net.detach()
+        te.train_eager(arch, [q.clone() for q in start], x, y, epochs)
 
     run(WARMUP_EPOCHS)
     return median_seconds(run, repeats)
@@ -414,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
         )
 
     if "d" not in args.skip:
-        from jax_iris.grid_bench import CELLS, format_bench, grid_vs_seed_sweep
+        from grid_bench import CELLS, format_bench, grid_vs_seed_sweep
 
         nets, grid_epochs = max(CELLS, n // CELLS * CELLS), args.grid_epochs
         print(f"(d) a grid against a seed sweep of the same size ({nets} nets)")
@@ -454,3 +432,7 @@ def run(args: argparse.Namespace) -> int:
         _line("PyTorch reference script", torch_s)
         print(f"  programs train.py compiles: {len(programs)} ({', '.join(programs)})")
     return 0
+
+
+if __name__ == "__main__":
+    process_life.exit(main())

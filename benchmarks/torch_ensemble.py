@@ -1,18 +1,19 @@
 """PyTorch peers of the JAX sweep: N of the blog's nets stacked and trained together.
 
-Every net's weights sit in one stack ``[N, in, out]`` (the k, q, v kernels of an
-attention layer side by side: ``[N, in, 3 * out]``), the forward pass is batched
-matmuls, and each net follows torch ``Adam(lr, weight_decay)`` on its own mean
-cross-entropy (Adam is elementwise, so one update over the stacks is N separate
-optimisers). Three ways to run it:
+Net i is the package's PyTorch reference net (``jax_iris.pytorch.reference``) built
+after ``torch.manual_seed(seed + i)``; its weights go into one stack ``[N, in, out]``
+(the k, q, v kernels of an attention layer side by side: ``[N, in, 3 * out]``), the
+forward pass is batched matmuls, and each net follows torch ``Adam(lr, weight_decay)``
+on its own mean cross-entropy (Adam is elementwise, so one update over the stacks is N
+separate optimisers). The ways to run it:
 
-- ``eager``: autograd and ``torch.optim.Adam``, as a PyTorch user would write it;
-- ``autograd``: the forward and loss under ``torch.compile`` (its backward compiled
-  by AOTAutograd), then a compiled Adam step;
-- ``manual``: forward, a hand-written backward and Adam as ONE compiled function,
-  the strongest CPU peer measured here.
+- ``train_eager``: autograd and ``torch.optim.Adam``, as a PyTorch user would write it;
+- method ``autograd``: the forward and loss under ``torch.compile`` (its backward
+  compiled by AOTAutograd), then a compiled Adam step written out;
+- method ``manual``: forward, a hand-written backward and Adam as ONE compiled
+  function, the strongest CPU peer measured here.
 
-The compiled forms run nets in chunks, over ``processes`` spawned workers of
+The compiled methods run nets in chunks, over ``processes`` spawned workers of
 ``threads`` torch threads each; compile and warm-up are timed apart from execution.
 """
 
@@ -26,16 +27,15 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from torch import nn
 
-HIDDEN = ((4, 10), (10, 20))  # both nets: 4 -> 10 -> 20, then a 20 -> 3 dense head
 NUM_CLASSES = 3
+LR, WEIGHT_DECAY = 0.005, 1e-3  # the blog's Adam
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch Adam defaults
-METHODS = ("eager", "autograd", "manual")
+METHODS = ("autograd", "manual")
 SEARCH_CHUNKS = (16, 32, 64, 128, 256)
 SEARCH_LAYOUTS = ((1, 1), (1, 2), (2, 1))  # (processes, threads per process)
 WARMUP_EPOCHS = 3
-# The blog divides by torch.sqrt of a float32 tensor holding the width, even in float64.
-SCALES = {o: float(torch.tensor(float(o)).sqrt()) for _, o in HIDDEN}
 BARRIER_SECONDS = 900  # a worker that dies while compiling breaks the barrier
 
 Tensors = list[torch.Tensor]  # [w1, b1, w2, b2, w3, b3]: w [N, in, out], b [N, 1, out]
@@ -59,16 +59,31 @@ DEFAULT_SETTING = Setting(32, 2, 1)  # the fastest on the 2-core benchmark machi
 
 
 def init_params(arch: str, nets: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> Tensors:
-    """Torch ``nn.Linear`` init, U(+-1/sqrt(fan_in)) for weight and bias, for ``nets`` nets."""
-    gen = torch.Generator().manual_seed(seed)
-    width = 3 if arch == "atten" else 1
-    params = []
-    for fan_in, fan_out in [*HIDDEN, (HIDDEN[-1][1], NUM_CLASSES)]:
-        out = fan_out * (width if fan_out != NUM_CLASSES else 1)
-        bound = fan_in**-0.5
-        for shape in ((nets, fan_in, out), (nets, 1, out)):
-            params.append((torch.rand(shape, generator=gen) * 2 - 1).mul_(bound).to(dtype))
-    return params
+    """The reference nets ``build(arch, seed=seed + i)``, i < ``nets``, as stacks.
+
+    Each of the net's layers (its direct children, in order) gives ``w`` [N, in, out]
+    (every ``nn.Linear`` of the layer transposed, side by side: k, q, v for attention)
+    and ``b`` [N, 1, out]. Drawn in float32 as torch does, then cast to ``dtype``.
+    """
+    from jax_iris.pytorch import reference
+
+    stacks: list[Tensors] = []
+    with torch.no_grad():
+        for i in range(nets):
+            net = reference.build(arch, seed=seed + i, dtype=dtype)
+            tensors = []
+            for layer in net.children():
+                linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
+                tensors.append(torch.cat([linear.weight.T for linear in linears], dim=1))
+                tensors.append(torch.cat([linear.bias for linear in linears])[None])
+            stacks.append(tensors)
+        return [torch.stack(layer) for layer in zip(*stacks)]
+
+
+def _attention_scale(width: int) -> float:
+    """The blog's ``torch.sqrt(torch.tensor(float(width)))``: a float32 square root, even
+    in float64 (as ``reference.ElementwiseAttention``); a constant once compiled."""
+    return float(np.sqrt(np.float32(width)))
 
 
 def _hidden(arch: str, z: torch.Tensor) -> torch.Tensor:
@@ -76,7 +91,7 @@ def _hidden(arch: str, z: torch.Tensor) -> torch.Tensor:
     if arch != "atten":
         return torch.relu(z)
     k, q, v = z.chunk(3, dim=1)
-    gate = torch.softmax(k * q / SCALES[k.shape[1]], dim=1)  # over the feature axis
+    gate = torch.softmax(k * q / _attention_scale(k.shape[1]), dim=1)  # over the feature axis
     return torch.relu(gate * v)
 
 
@@ -137,7 +152,7 @@ def _manual_step(arch: str, head: str, lr: float, wd: float) -> Callable:
         for i in reversed(range(len(pre))):
             if arch == "atten":
                 zk, zq, zv = pre[i].chunk(3, dim=1)
-                scale = SCALES[zk.shape[1]]
+                scale = _attention_scale(zk.shape[1])
                 gate = torch.softmax(zk * zq / scale, dim=1)
                 da = dh * (gate * zv > 0)
                 dgate = da * zv
@@ -155,13 +170,19 @@ def _manual_step(arch: str, head: str, lr: float, wd: float) -> Callable:
 
 
 def make_step(method: str, arch: str, head: str, lr: float, wd: float) -> Callable:
-    """``step(p, m, v, x, y, t) -> (loss [N], correct [N])``: one epoch, in place."""
+    """``step(p, m, v, x, y, t) -> (loss [N], correct [N])``: one epoch, in place, compiled."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if method == "manual":
         return torch.compile(_manual_step(arch, head, lr, wd), fullgraph=True, dynamic=False)
-    loss_fn = lambda p, x, y: loss_and_correct(_forward(arch, head, p, x)[0], y)  # noqa: E731
-    adam = lambda p, m, v, t: _adam(p, [q.grad for q in p], m, v, t, lr, wd)  # noqa: E731
-    if method == "autograd":
-        loss_fn, adam = torch.compile(loss_fn, dynamic=False), torch.compile(adam, dynamic=False)
+
+    def loss_fn(p: Tensors, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        return loss_and_correct(_forward(arch, head, p, x)[0], y)
+
+    def adam(p: Tensors, m: Tensors, v: Tensors, t) -> None:
+        _adam(p, [q.grad for q in p], m, v, t, lr, wd)
+
+    loss_fn, adam = torch.compile(loss_fn, dynamic=False), torch.compile(adam, dynamic=False)
 
     def step(p: Tensors, m: Tensors, v: Tensors, x, y, t) -> tuple[torch.Tensor, torch.Tensor]:
         for q in p:
@@ -173,6 +194,32 @@ def make_step(method: str, arch: str, head: str, lr: float, wd: float) -> Callab
         return loss.detach(), correct
 
     return step
+
+
+def train_eager(
+    arch: str,
+    p: Tensors,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    epochs: int,
+    *,
+    head: str = "sigmoid",
+    lr: float = LR,
+    weight_decay: float = WEIGHT_DECAY,
+) -> torch.Tensor:
+    """Autograd and one ``torch.optim.Adam`` over the stacks, in place on ``p`` (made leaves
+    that require grad); each net's loss before each epoch's update [N, epochs]."""
+    for q in p:
+        q.requires_grad_()
+    optimizer = torch.optim.Adam(p, lr=lr, weight_decay=weight_decay)
+    losses = torch.empty(epochs, p[0].shape[0], dtype=p[0].dtype)
+    for epoch in range(epochs):
+        loss, _ = loss_and_correct(_forward(arch, head, p, x)[0], y)
+        optimizer.zero_grad()
+        loss.sum().backward()  # each net's gradient is that of its own mean loss
+        optimizer.step()
+        losses[epoch] = loss.detach()
+    return losses.T
 
 
 def train_chunk(
@@ -214,8 +261,8 @@ def train_ensemble(
     head: str = "sigmoid",
     method: str = "manual",
     setting: Setting = DEFAULT_SETTING,
-    lr: float = 0.005,
-    weight_decay: float = 1e-3,
+    lr: float = LR,
+    weight_decay: float = WEIGHT_DECAY,
 ) -> EnsembleRun:
     """Train the nets whose weights ``params`` (``init_params``, as numpy) holds, on x [rows, 4].
 
@@ -310,11 +357,11 @@ def max_loss_gap(
     epochs: int = 50,
     method: str = "manual",
 ) -> float:
-    """Largest |loss difference| over nets and epochs between ``method`` and eager autograd,
-    both run in this process from the same float32 weights (about 1e-6 for 50 epochs)."""
+    """Largest |loss difference| over nets and epochs between compiled ``method`` and
+    ``train_eager``, both run in this process from the same float32 weights (about 1e-6
+    for 50 epochs)."""
     xt, yt = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
-    losses = []
-    for name in ("eager", method):
-        step = make_step(name, arch, head, 0.005, 1e-3)
-        losses.append(train_chunk(step, init_params(arch, nets), xt, yt, epochs)[0].detach())
-    return float((losses[0] - losses[1]).abs().max())
+    eager = train_eager(arch, init_params(arch, nets), xt, yt, epochs, head=head)
+    step = make_step(method, arch, head, LR, WEIGHT_DECAY)
+    compiled = train_chunk(step, init_params(arch, nets), xt, yt, epochs)[0]
+    return float((eager.detach() - compiled.detach()).abs().max())

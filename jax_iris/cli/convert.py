@@ -108,9 +108,9 @@ def _pth_bound() -> int:
     largest net in float64, plus room for the pickled structure."""
     from math import prod
 
-    from jax_iris.pytorch.compat import torch_shapes
+    from jax_iris.pytorch import compat
 
-    numel = max(sum(map(prod, torch_shapes(arch).values())) for arch in registry.ARCHS)
+    numel = max(sum(map(prod, compat.torch_shapes(arch).values())) for arch in registry.ARCHS)
     return PTH_ITEM_BYTES * numel + PTH_STRUCTURE_BYTES
 
 

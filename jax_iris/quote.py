@@ -64,8 +64,10 @@ def quote(value: object, limit: int = 60) -> str:
         if value.bit_length() > _MAX_INT_BITS:
             return f"an integer of {value.bit_length()} bits"
         return _cut(int.__repr__(value), limit)
-    if isinstance(value, (float, complex)):
-        return _cut(type(value).__repr__(value), limit)
+    if isinstance(value, float):  # the base repr, as for int: a subclass's own is not trusted
+        return _cut(float.__repr__(value), limit)
+    if isinstance(value, complex):
+        return _cut(complex.__repr__(value), limit)
     return _describe(value)
 
 

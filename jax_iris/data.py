@@ -54,8 +54,10 @@ def _iris() -> tuple[np.ndarray, np.ndarray]:
         data, target = table[:, :NUM_FEATURES], table[:, NUM_FEATURES]
     else:
         from sklearn.datasets import load_iris
+        from sklearn.utils import Bunch
 
         bunch = load_iris()
+        assert isinstance(bunch, Bunch)  # a tuple only with return_X_y=True
         data, target = bunch.data, bunch.target
     x = np.asarray(data, dtype=np.float32)
     y = np.asarray(target, dtype=np.int32)
@@ -64,7 +66,7 @@ def _iris() -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def _check_fractions(fractions: tuple[float, float, float], n: int) -> None:
+def _check_fractions(fractions: tuple[float, ...], n: int) -> None:
     if len(fractions) != 3:
         raise ValueError(f"fractions must be three numbers (train, val, test), got {fractions!r}")
     if any(not np.isfinite(f) or f < 0 for f in fractions):
@@ -77,7 +79,7 @@ def _check_fractions(fractions: tuple[float, float, float], n: int) -> None:
         raise ValueError(f"fractions {fractions!r} leave the {'/'.join(names)} split empty")
 
 
-def _cut_points(fractions: tuple[float, float, float], n: int) -> np.ndarray:
+def _cut_points(fractions: tuple[float, ...], n: int) -> np.ndarray:
     """Where the shuffled ids are cut: int(n * 0.8) and int(n * 0.9) for the blog.
 
     The blog truncates n * fraction; the tiny epsilon keeps 0.7 + 0.2 from
@@ -98,11 +100,11 @@ def split_ids(
     ``RandomState(seed)`` draws the same permutation (same Mersenne Twister,
     same legacy shuffle) without touching numpy's global random state.
     """
-    fractions = tuple(float(f) for f in fractions)
-    _check_fractions(fractions, n)
+    values = tuple(float(f) for f in fractions)
+    _check_fractions(values, n)
     ids = np.arange(n)
     np.random.RandomState(seed).shuffle(ids)
-    first, second = _cut_points(fractions, n)
+    first, second = _cut_points(values, n)
     return ids[:first], ids[first:second], ids[second:]
 
 

@@ -24,7 +24,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,7 +39,7 @@ _NEW_SUFFIX = ".new"  # a journal being created, not yet locked under its name
 _NEW_JOURNAL = re.compile(rf"^{re.escape(JOURNAL_PREFIX)}[0-9a-f]{{16}}{_NEW_SUFFIX}$")
 _MAX_JOURNAL_BYTES = 64 << 20
 
-Content = bytes | Callable[[BinaryIO], None]
+Content = bytes | Callable[[BinaryIO], object]  # the bytes, or a writer (its result unused)
 
 
 def _umask() -> int:
@@ -48,7 +48,7 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, flush it to disk, then rename.
 
     ``os.replace`` is atomic within a folder, so a crash, an exception or a stop signal
@@ -67,7 +67,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def commit(files: dict[Path, Content], remove: Iterable[Path] = ()) -> list[Path]:
+def commit(files: Mapping[Path, Content], remove: Iterable[Path] = ()) -> list[Path]:
     """Write several files, and remove others, all-or-nothing.
 
     Each file is staged under a temporary name beside its target and fsynced; only
@@ -95,7 +95,7 @@ def recover(folder: str | os.PathLike) -> list[Path]:
 
 
 def _commit(
-    files: dict[Path, Content], remove: list[Path], make_folders: bool = True
+    files: dict[Path, Content], remove: Iterable[Path], make_folders: bool = True
 ) -> list[Path]:
     # Absolute, so that a recovery from another working folder finds them; a path that
     # is already absolute needs no working folder (it may have been deleted).
@@ -246,8 +246,12 @@ def _recover_folder(folder: Path) -> list[Path]:
                     (folder / name).unlink(missing_ok=True)
             continue
         match = _TMP.match(name)
-        dead = match and match.group(1) not in live and not (folder / name).is_dir()
-        if dead and not _journal_path(folder, match.group(1)).exists():
+        if (
+            match
+            and match.group(1) not in live
+            and not (folder / name).is_dir()
+            and not _journal_path(folder, match.group(1)).exists()
+        ):
             with contextlib.suppress(OSError):
                 (folder / name).unlink()
     return completed
@@ -284,7 +288,9 @@ def _recover_journal(path: Path) -> list[Path] | None:
 
 
 def _settle(path: Path, data: bytes) -> list[Path]:
-    cid = _JOURNAL.match(path.name).group(1)
+    match = _JOURNAL.match(path.name)
+    assert match is not None, f"not a journal: {path}"  # only journals are settled
+    cid = match.group(1)
     try:
         plan = json.loads(data)
         renames = [(Path(tmp), Path(target)) for tmp, target in plan["renames"]]

@@ -34,7 +34,7 @@ keep autodiff.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -144,7 +144,8 @@ def to_state(arch: str, params: Params, opt_state: optax.OptState | None = None)
         for s in jax.tree_util.tree_leaves(opt_state, is_leaf=_is_adam)
         if isinstance(s, optax.ScaleByAdamState)
     ]
-    return FusedState(w, _pack(blocks, adam.mu), _pack(blocks, adam.nu), adam.count)
+    count = cast(jax.Array, adam.count)  # optax types it ArrayLike; it is an int32 array
+    return FusedState(w, _pack(blocks, adam.mu), _pack(blocks, adam.nu), count)
 
 
 def _is_adam(node: Any) -> bool:
@@ -263,7 +264,8 @@ def adam_update(
     g = grad + weight_decay * state.w
     m = (1 - B1) * g + B1 * state.m
     v = (1 - B2) * g**2 + B2 * state.v
-    count = optax.safe_int32_increment(state.count)  # optax >= 0.2.4: safe_increment
+    # optax >= 0.2.4: safe_increment. Typed ArrayLike; an array in, an array out.
+    count = cast(jax.Array, optax.safe_int32_increment(state.count))
     m_hat = m / (1 - B1**count).astype(m.dtype)
     v_hat = v / (1 - B2**count).astype(v.dtype)
     step = (-1 * lr) * (m_hat / (jnp.sqrt(v_hat + 0.0) + EPS))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -116,5 +116,6 @@ def _outputs_jit(
     spec: registry.ArchSpec, head: str, params: Params, x: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """Outputs and their softmax, [ROWS_PER_CALL, 3] each; cached on the registry entry."""
-    outputs = get_model(spec.name, head).apply(params, x)
+    # flax types ``apply`` as outputs or (outputs, state); without ``mutable``, the outputs.
+    outputs = cast(jax.Array, get_model(spec.name, head).apply(params, x))
     return outputs, jax.nn.softmax(outputs, axis=-1)

@@ -256,7 +256,7 @@ def _redeliver(signum: int) -> None:
     def later() -> None:
         time.sleep(REDELIVER_AFTER_S)
         with contextlib.suppress(Exception):
-            _thread.interrupt_main(signum)
+            _thread.interrupt_main(signal.Signals(signum))
 
     threading.Thread(target=later, name="jax_iris-redeliver", daemon=True).start()
 
@@ -313,7 +313,7 @@ class SafeStream(io.TextIOBase):
             return stream
         if stream is None and fd is not None:  # closed at start: now /dev/null
             stream = open(fd, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
-        if hasattr(stream, "reconfigure"):
+        if stream is not None and hasattr(stream, "reconfigure"):
             with contextlib.suppress(Exception):
                 stream.reconfigure(errors="backslashreplace")
         return cls(stream, fd, name)

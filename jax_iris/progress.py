@@ -24,9 +24,11 @@ class Progress:
         extra: Any = None,
     ) -> None:
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
+        self.stream: TextIO
         if stream is None:  # a bar on the terminal; lines on stdout, so stderr is for errors
-            stream = sys.stderr if sys.stderr.isatty() else sys.stdout
-        self.stream = stream
+            self.stream = sys.stderr if sys.stderr.isatty() else sys.stdout
+        else:
+            self.stream = stream
         self.extra = extra  # callable(done) -> str, appended to each line
         self.start = self._last = time.perf_counter()
         self.done = 0

@@ -74,9 +74,11 @@ def _tensorboardx() -> tuple[type, type]:
     tensorboardX imports torch, when it is installed, only to accept torch tensors;
     we hand it Python floats. Hiding torch during the import saves seconds of start-up.
     """
+    # The *_pb2 modules make their classes at import time and ship no stubs, so the
+    # checker cannot see them (here and below).
     with _torch_hidden():
         from tensorboardX import FileWriter
-        from tensorboardX.proto.summary_pb2 import Summary
+        from tensorboardX.proto.summary_pb2 import Summary  # pyright: ignore[reportAttributeAccessIssue]
     return FileWriter, Summary
 
 
@@ -84,7 +86,8 @@ def _tensorboardx() -> tuple[type, type]:
 def _torch_hidden() -> Iterator[None]:
     hide = "torch" not in sys.modules
     if hide:
-        sys.modules["torch"] = None  # makes "import torch" raise ImportError
+        # None (typeshed allows only modules): importing torch then raises ImportError.
+        sys.modules["torch"] = None  # pyright: ignore[reportArgumentType]
     try:
         yield
     finally:
@@ -132,7 +135,7 @@ def tensorboard_events(
     bytes are returned: the caller decides where they land (``fileio.commit``).
     """
     _, Summary = _tensorboardx()
-    from tensorboardX.proto.event_pb2 import Event
+    from tensorboardX.proto.event_pb2 import Event  # pyright: ignore[reportAttributeAccessIssue]
 
     losses = np.asarray(history.loss).tolist()
     accuracies = np.asarray(history.accuracy).tolist()
@@ -263,9 +266,9 @@ def hparams_events(cells: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
 def _experiment(cells: Sequence[Mapping[str, Any]], Summary: type) -> Any:
     """tensorboardX's experiment summary, with the grid's values as each domain."""
     from google.protobuf.struct_pb2 import ListValue
-    from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName
-    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
-    from tensorboardX.proto.summary_pb2 import SummaryMetadata
+    from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName  # pyright: ignore[reportAttributeAccessIssue]
+    from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData  # pyright: ignore[reportAttributeAccessIssue]
+    from tensorboardX.proto.summary_pb2 import SummaryMetadata  # pyright: ignore[reportAttributeAccessIssue]
 
     infos = []
     for name in HPARAMS:

@@ -223,8 +223,11 @@ class Store:
         arrays = self.expected(arch, head, index, nets, shapes)
         values = [chunk.final]
         if self.keep_history:
+            assert chunk.history is not None, "this store keeps history: the chunk has none"
             values.append(chunk.history)
-        values += [chunk.params[name] for name in shapes or {}]
+        if shapes:
+            assert chunk.params is not None, "this store keeps params: the chunk has none"
+            values += [chunk.params[name] for name in shapes]
         payload = b"".join(np.ascontiguousarray(v, "<f4").tobytes() for v in values)
         header = self._header(arch, head, index, arrays, hashlib.sha256(payload).hexdigest())
         path = self.chunk_path(arch, head, index)

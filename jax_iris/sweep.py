@@ -36,6 +36,7 @@ from jax_iris.train import (
     SplitMetrics,
     default_group_size,
     epoch_blocks,
+    host_array,
     padded_size,
     programs,
     split_batches,
@@ -99,7 +100,7 @@ class GridPlan:
         return range(start, min(start + self.chunk_size, self.nets))
 
 
-def as_float32(values: Sequence[float]) -> tuple[float, ...]:
+def as_float32(values: Sequence[float] | np.ndarray) -> tuple[float, ...]:
     """Each value rounded to the float32 it trains with; equal ones kept once, in order."""
     return tuple(dict.fromkeys(float(np.float32(v)) for v in values))
 
@@ -121,18 +122,18 @@ def _as_seeds(name: str, values: Sequence[int] | np.ndarray) -> np.ndarray:
     return values.astype(np.int64)
 
 
-def _as_rates(name: str, values: Sequence[float] | None, default: float) -> np.ndarray:
-    values = np.asarray([default] if values is None else values, dtype=np.float64)
-    if values.ndim != 1 or values.size == 0 or not np.all(np.isfinite(values)):
+def _as_rates(name: str, values: Sequence[float] | np.ndarray | None, default: float) -> np.ndarray:
+    rates = np.asarray([default] if values is None else values, dtype=np.float64)
+    if rates.ndim != 1 or rates.size == 0 or not np.all(np.isfinite(rates)):
         raise ValueError(f"{name} must be a non-empty list of finite numbers")
-    return np.asarray(as_float32(values), dtype=np.float64)
+    return np.asarray(as_float32(rates), dtype=np.float64)
 
 
 def plan_grid(
     config: TrainConfig,
     seeds: Sequence[int] | np.ndarray,
-    lr: Sequence[float] | None = None,
-    weight_decay: Sequence[float] | None = None,
+    lr: Sequence[float] | np.ndarray | None = None,
+    weight_decay: Sequence[float] | np.ndarray | None = None,
     split_seeds: Sequence[int] | np.ndarray | None = None,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -220,7 +221,8 @@ def _train_chunk(
         j = everywhere.index(device)
         idx = nets.start + np.arange(j * per, (j + 1) * per) % count
         hparams = Hparams(
-            plan.lr[idx].astype(np.float32), plan.weight_decay[idx].astype(np.float32)
+            host_array(plan.lr[idx].astype(np.float32)),
+            host_array(plan.weight_decay[idx].astype(np.float32)),
         )
         seeds, hparams, batches = jax.device_put(
             (plan.seeds[idx].astype(np.uint32), hparams, _net_batches(plan.split_seeds[idx])),
@@ -276,8 +278,8 @@ def result_of(plan: GridPlan, chunks: Sequence[ChunkResult]) -> GridResult:
 def train_grid(
     config: TrainConfig,
     seeds: Sequence[int] | np.ndarray,
-    lr: Sequence[float] | None = None,
-    weight_decay: Sequence[float] | None = None,
+    lr: Sequence[float] | np.ndarray | None = None,
+    weight_decay: Sequence[float] | np.ndarray | None = None,
     split_seeds: Sequence[int] | np.ndarray | None = None,
     *,
     history: bool = False,

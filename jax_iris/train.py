@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -103,9 +103,21 @@ def make_optimizer(hparams: Hparams) -> optax.GradientTransformation:
     return optax.chain(optax.add_decayed_weights(hparams.weight_decay), optax.adam(hparams.lr))
 
 
+def host_array(values: np.ndarray) -> jax.Array:
+    """``values`` unchanged, typed as the ``jax.Array`` it becomes at the jit boundary.
+
+    ``Batch`` and ``Hparams`` are built as numpy on the host (nothing is compiled or
+    sent to a device to make them); ``jit`` and ``device_put`` convert them, and in
+    traced code every field is a ``jax.Array``.
+    """
+    return cast(jax.Array, values)
+
+
 def hparams_of(config: TrainConfig, dtype: Any = jnp.float32) -> Hparams:
     """The config's lr and weight decay as arrays (numpy: nothing is compiled to make them)."""
-    return Hparams(np.asarray(config.lr, dtype), np.asarray(config.weight_decay, dtype))
+    return Hparams(
+        host_array(np.asarray(config.lr, dtype)), host_array(np.asarray(config.weight_decay, dtype))
+    )
 
 
 def loss_and_accuracy(outputs: jax.Array, labels: jax.Array) -> Metrics:
@@ -186,7 +198,7 @@ def as_key(seed: int | jax.Array) -> jax.Array:
 
 def as_batch(data: Dataset, dtype: Any = jnp.float32) -> Batch:
     """Rows as arrays of ``dtype`` (numpy; they move to the device with the first call)."""
-    return Batch(np.asarray(data.x, dtype), np.asarray(data.y, np.int32))
+    return Batch(host_array(np.asarray(data.x, dtype)), host_array(np.asarray(data.y, np.int32)))
 
 
 def split_batches(split: Split, dtype: Any = jnp.float32) -> SplitBatches:
@@ -331,10 +343,10 @@ class _CompileTimer:
         self._active.remove(self)
 
     @staticmethod
-    def _listen(event: str, seconds: float, **_: Any) -> None:
+    def _listen(event: str, duration_secs: float, **_: str | int) -> None:
         if event == "/jax/core/compile/backend_compile_duration":
             for timer in _CompileTimer._active:
-                timer.seconds += seconds
+                timer.seconds += duration_secs
 
 
 def _check_finite(metrics: Metrics, params_finite: bool, epoch_offset: int) -> None:

@@ -75,6 +75,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type, skip: Sequence[
             sample = default[0] if isinstance(default, tuple) else default
             kwargs.update(type=type(sample), metavar=f.name.upper())
             if "nargs" in meta:
+                assert isinstance(default, tuple), f"{f.name}: a nargs field needs a tuple default"
                 kwargs.update(nargs=meta["nargs"], default=list(default))
             if "choices" in meta:
                 kwargs["choices"] = list(meta["choices"]())

@@ -16,7 +16,7 @@ import os
 import struct
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -541,7 +541,8 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
             files[out / f"{arch}-{head}{HISTORY_SUFFIX}"] = _npy(curves)
         if sweep.keep_params:
             buffer = io.BytesIO()
-            np.savez(buffer, **flatten_params(result.params))
+            # Names are parameter paths ("layer_1/k/kernel"), never savez's allow_pickle.
+            np.savez(buffer, **flatten_params(result.params))  # pyright: ignore[reportArgumentType]
             files[out / f"{arch}-{head}{PARAMS_SUFFIX}"] = buffer.getvalue()
     summary["outputs"] = sorted(str(p.relative_to(out)) for p in [*files, out / JSON_NAME])
     files[out / JSON_NAME] = (json.dumps(summary, indent=2) + "\n").encode()
@@ -618,7 +619,7 @@ def hparams_files(summary: dict, out: Path) -> dict[Path, bytes]:
     }
 
 
-def check_targets(files: dict[Path, bytes], out: Path) -> None:
+def check_targets(files: Iterable[Path], out: Path) -> None:
     """Refuse, before anything is written, a target taken by something not a file.
 
     A rename onto a folder fails only after the files before it were renamed, so

@@ -87,9 +87,16 @@ def describe_difference(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
     name = names[0]
     flag = name.startswith(("sweep.", "train.")) and not name.endswith(".dtype")
     shown = "--" + name.split(".")[-1].replace("_", "-") if flag else name.replace(".", " ")
-    there, here = quote(_lookup(theirs, name), 60), quote(_lookup(mine, name), 60)
+    there, here = _shown(_lookup(theirs, name)), _shown(_lookup(mine, name))
     more = f" and {len(names) - 1} more field(s)" if len(names) > 1 else ""
     return f"{shown} ({there} there, {here} here){more}"
+
+
+def _shown(value: Any) -> str:
+    """A manifest value quoted for a message; a list of texts (XLA flags) as its words."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return quote(" ".join(value) or "none", 120)
+    return quote(value, 60)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

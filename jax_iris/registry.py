@@ -144,7 +144,8 @@ def register_head(name: str, function: Ref, description: str = "") -> HeadSpec:
 
 
 def _from(entries: dict[str, Any], name: str) -> str:
-    plugin = dict.get(entries, name).plugin
+    entry = dict.get(entries, name)
+    plugin = getattr(entry, "plugin", None)
     return f" by the plugin {plugin}" if plugin else ""
 
 

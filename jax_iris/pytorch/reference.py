@@ -140,9 +140,9 @@ def blog_split_ids(seed: int = SPLIT_SEED, n: int = 150) -> tuple[np.ndarray, ..
 
 def load_torch_split(dtype: torch.dtype = torch.float32, seed: int = SPLIT_SEED) -> TorchSplit:
     """Iris as the blog converts it: float32 features (cast to ``dtype``), int64 labels."""
-    iris = load_iris()
-    x = torch.tensor(iris.data, dtype=torch.float32).to(dtype)
-    y = torch.tensor(iris.target, dtype=torch.long)
+    x_all, y_all = load_iris(return_X_y=True)
+    x = torch.tensor(x_all, dtype=torch.float32).to(dtype)
+    y = torch.tensor(y_all, dtype=torch.long)
     return TorchSplit(*((x[ids], y[ids]) for ids in blog_split_ids(seed, len(x))))
 
 

@@ -84,7 +84,7 @@ fi
 
 for precision in highest default; do
     step "The blog's table at matmul precision $precision" 60 \
-        env JAX_DEFAULT_MATMUL_PRECISION="$precision" "$python" scripts/train.py --arch both \
+        "$python" scripts/train.py --arch both --matmul-precision "$precision" \
         --no-tensorboard --checkpoint-dir "$work/ck-$precision"
 done
 

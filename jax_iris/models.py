@@ -1,7 +1,7 @@
 """The blog's two networks as Flax modules, initialised the way PyTorch does.
 
 Parameter names mirror the blog's attribute names, so a torch ``state_dict``
-maps onto them mechanically (see ``torch_compat``):
+maps onto them mechanically (see ``jax_iris.pytorch.compat``):
 
 - ``AttentionNet``: ``layer_1/{k,q,v}``, ``layer_2/{k,q,v}``, ``linear``
 - ``LinearNet``: ``layer_1``, ``layer_2``, ``layer_3``

@@ -431,6 +431,10 @@ def test_controls_plain_pickle_does_run_the_exploits(tmp_path):
     [
         (_stream(b"N\x94h\x00h\x01"), "memo index 1 was never written"),
         (_stream(b"Nq\x01"), "memo index 1 skips unwritten entries"),
+        (_stream(b"N\x94N\x94q\x00"), "memo index 0 is not the next one"),  # written twice
+        # a list shared through the memo, then filled: the lists holding it would nest deeper
+        (_stream(b"]\x94]\x94a0h\x01]a0N"), "changes a container after sharing it"),
+        (_stream(b"N2"), "refused: it uses pickle opcode DUP, which"),
         (_stream(b"N", b"Nt"), "needs a MARK"),
         (_stream(b"a"), "stack underflows"),
         (_stream(b"(N"), "does not end with one object"),
@@ -526,6 +530,12 @@ def test_messages_escape_what_they_quote(tmp_path, change, fragment):
     path = tmp_path / "q.pkl"
     path.write_bytes(_valid_with(**change))
     assert fragment in _error(path)
+
+
+def test_a_config_number_too_big_for_a_float_is_one_line(tmp_path):
+    path = tmp_path / "c.pkl"
+    path.write_bytes(_valid_with(config={**TrainConfig(epochs=3).to_dict(), "lr": 2**2000}))
+    assert _error(path) == f"{path}: invalid config: int too large to convert to float"
 
 
 def test_bad_dtype_string_is_escaped(tmp_path):

@@ -69,7 +69,8 @@ for section in "${sections[@]}"; do
     grid) # docs/results.md: 9,600 nets over learning rate and weight decay
         sweep grid --arch atten linear --head sigmoid logits --seeds 200 \
             --lr 0.001 0.005 0.02 0.05 --weight-decay 0 1e-3 1e-2 --out "$out/grid"
-        cp "$out/grid/grid_success.png" "$out/grid/grid_paired.png" docs/figures/
+        cp "$out/grid/success.png" docs/figures/grid_success.png
+        cp "$out/grid/paired_test_accuracy.png" docs/figures/grid_paired.png
         ;;
     seeds10k) # docs/performance.md: memory stays flat over 10 chunks
         sweep seeds10k --arch atten --seeds 10000 --out "$out/seeds10k"

@@ -53,7 +53,8 @@ def seed_sweep(root: Path, name: str) -> None:
     print("| --- | --- | --- | --- | --- |")
     for cell in summary["cells"]:
         acc, s = cell["accuracy"], cell["success"]
-        train = f"{acc['train']['mean']:.3f} ± {acc['train']['std']:.3f} ({acc['train']['median']:.3f})"
+        t = acc["train"]
+        train = f"{t['mean']:.3f} ± {t['std']:.3f} ({t['median']:.3f})"
         val = f"{acc['val']['mean']:.3f} ± {acc['val']['std']:.3f}"
         test = f"{acc['test']['mean']:.3f} ± {acc['test']['std']:.3f}"
         success = (
@@ -94,9 +95,8 @@ def grid(root: Path) -> None:
     wds = sorted({c["weight_decay"] for c in summary["cells"]})
     heads = ("sigmoid", "logits")
     print(f"## grid: {wall(root / 'grid.log')}")
-    print(open(root / "grid.log").read().split("\n\n")[0].strip().splitlines()[0])
     for line in (root / "grid.log").read_text().splitlines():
-        if " in " in line and "nets x" in line:
+        if line.startswith("devices:") or (" in " in line and "nets x" in line):
             print(line)
     print("success, attention / linear")
     for head in heads:
@@ -125,8 +125,10 @@ def grid(root: Path) -> None:
                     + f" ({signed(p['low'])} to {signed(p['high'])})"
                 )
             print(f"| {head} | {wd:g} | " + " | ".join(parts) + " |")
-    print(f"intervals excluding 0: {excluded} of {len(paired)} ({wins} attention better,"
-          f" {losses} linear better, {len(paired) - excluded} ties)")
+    print(
+        f"intervals excluding 0: {excluded} of {len(paired)} ({wins} attention better,"
+        f" {losses} linear better, {len(paired) - excluded} ties)"
+    )
     for head in heads:
         low = [c for k, c in cells.items() if k[1] == head and k[3] <= 1e-3]
         for arch in ("atten", "linear"):
@@ -139,8 +141,10 @@ def grid(root: Path) -> None:
                 f" ({pct(min(rates))} to {pct(max(rates))} per cell)"
             )
     blog = cells["atten", "sigmoid", 0.005, 0.001]["success"]
-    print(f"blog's cell, attention: {pct(blog['rate'])} (95% CI {pct(blog['low'])} to"
-          f" {pct(blog['high'])})")
+    print(
+        f"blog's cell, attention: {pct(blog['rate'])} (95% CI {pct(blog['low'])} to"
+        f" {pct(blog['high'])})"
+    )
     diverged = sum(c.get("diverged", 0) for c in summary["cells"])
     print(f"diverged: {diverged}")
     print()

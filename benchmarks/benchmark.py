@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+import jax_iris.models  # noqa: F401  (before any backend: jax_iris's XLA flags, printed below)
 from jax_iris import registry
 from jax_iris.cli.common import Parser, UsageError, flag_name, run_main, use_host_devices
 from jax_iris.config import MAX_EPOCHS, MAX_NETS
@@ -334,6 +335,9 @@ def run(args: argparse.Namespace) -> int:
         f"jax {jax.__version__} on {jax.device_count()} x {jax.devices()[0].platform}; "
         f"{os.cpu_count()} cores; medians of {r} runs; arch {arch}, {epochs} epochs"
     )
+    from jax_iris.platform import numeric_xla_flags
+
+    print(f"  XLA flags: {' '.join(numeric_xla_flags()) or 'none (XLA defaults)'}")
     peak = matmul_peak_gflops(r)
     flops = step_flops(arch)
     print(

@@ -19,11 +19,11 @@ from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 from tensorboardX.record_writer import masked_crc32c
 
 from jax_iris.cli.sweep import main as sweep_main
-from jax_iris.progress import Progress
-from jax_iris.report import HPARAMS, HPARAMS_METRICS, cell_run_name
-from jax_iris.store import STORE_DIR
+from jax_iris.io.store import STORE_DIR
+from jax_iris.report.progress import Progress
+from jax_iris.report.sweep_report import csv_text, summarize_grid
+from jax_iris.report.tensorboard import HPARAMS, HPARAMS_METRICS, cell_run_name
 from jax_iris.sweep import device_share, train_grid
-from jax_iris.sweep_report import csv_text, summarize_grid
 from jax_iris.train import TrainConfig, fit
 
 EPOCHS = 30

@@ -16,9 +16,9 @@ import pytest
 from helpers import SHORT_EPOCHS, leaves, run_python
 
 from jax_iris.config import TrainConfig
+from jax_iris.report.sweep_report import format_summary, summarize_grid
 from jax_iris.stats import SUCCESS_ACCURACY
 from jax_iris.sweep import GridResult, train_grid, train_seeds
-from jax_iris.sweep_report import format_summary, summarize_grid
 from jax_iris.train import SPLITS, Metrics, SplitMetrics, fit
 
 SEEDS = [0, 5, 9, 2]

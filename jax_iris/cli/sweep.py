@@ -203,7 +203,7 @@ def parse_shard(text: str | None, environ: Mapping[str, str]) -> Shard | None:
 
 def planned_outputs(sweep: SweepConfig, out: Path, tensorboard: bool) -> list[Path]:
     """Every path the final commit writes, known before training."""
-    from jax_iris.report import HPARAMS_EVENTS_NAME, cell_run_name
+    from jax_iris.report.tensorboard import HPARAMS_EVENTS_NAME, cell_run_name
 
     cells = len(sweep.lr) * len(sweep.weight_decay)
     paths = [out / CSV_NAME, out / JSON_NAME]
@@ -227,13 +227,13 @@ def planned_outputs(sweep: SweepConfig, out: Path, tensorboard: bool) -> list[Pa
 
 
 def manifest_of(sweep: SweepConfig, base: TrainConfig, group: int) -> dict:
-    """What decides every number of the sweep (see ``jax_iris.store``)."""
+    """What decides every number of the sweep (see ``jax_iris.io.store``)."""
     import importlib.metadata
 
     import jax
 
+    from jax_iris.io.store import FORMAT, VERSION
     from jax_iris.platform import numeric_xla_flags
-    from jax_iris.store import FORMAT, VERSION
 
     def version(name: str) -> str:
         try:
@@ -276,10 +276,10 @@ def run_sweep(
     import numpy as np
 
     from jax_iris import distributed
-    from jax_iris.fileio import recover
+    from jax_iris.io.fileio import recover
+    from jax_iris.io.store import Store, StoreError
     from jax_iris.models import param_shapes
-    from jax_iris.progress import Progress
-    from jax_iris.store import Store, StoreError
+    from jax_iris.report.progress import Progress
     from jax_iris.sweep import plan_grid, train_chunk
     from jax_iris.train import default_group_size
 
@@ -399,7 +399,7 @@ def run_sweep(
 def check_same_sweep(manifest: dict) -> None:
     """Across processes: every one must run this sweep; one line naming the flag if not."""
     from jax_iris import distributed
-    from jax_iris.store import canonical, describe_difference, manifest_key
+    from jax_iris.io.store import canonical, describe_difference, manifest_key
 
     keys = distributed.allgather_bytes(manifest_key(manifest).encode())
     if len(set(keys)) == 1:
@@ -421,7 +421,7 @@ def check_same_sweep(manifest: dict) -> None:
 def _stored_chunks(store, plans: dict, shapes: dict, work: list) -> set:
     """The chunks already in the store; a damaged one is reported once and trained again."""
     from jax_iris.cli.common import note
-    from jax_iris.store import StoreError
+    from jax_iris.io.store import StoreError
 
     done = set()
     for run, i in work:
@@ -447,8 +447,8 @@ def _shared_set(done: set, work: list) -> set:
 def _arrays(result, shapes: dict):
     import numpy as np
 
-    from jax_iris.checkpoint import flatten_params
-    from jax_iris.store import ChunkArrays
+    from jax_iris.io.checkpoint import flatten_params
+    from jax_iris.io.store import ChunkArrays
 
     final = np.stack(
         [np.stack([np.asarray(m.loss), np.asarray(m.accuracy)], -1) for m in result.final], 1
@@ -464,7 +464,7 @@ def _arrays(result, shapes: dict):
 
 def _grid_result(plan, arrays: dict, run: tuple[str, str], shapes: dict):
 
-    from jax_iris.checkpoint import unflatten_params
+    from jax_iris.io.checkpoint import unflatten_params
     from jax_iris.sweep import result_of
     from jax_iris.train import Metrics, SplitMetrics
 
@@ -483,7 +483,7 @@ def _grid_result(plan, arrays: dict, run: tuple[str, str], shapes: dict):
 def previous_outputs(out: Path) -> list[Path]:
     """The files an earlier sweep wrote into ``out``: those its summary lists, and the
     names a sweep writes (for summaries written before they listed their files)."""
-    from jax_iris.report import HPARAMS_EVENTS_NAME
+    from jax_iris.report.tensorboard import HPARAMS_EVENTS_NAME
 
     found = [out / name for name in (CSV_NAME, JSON_NAME, PNG_NAME, *GRID_PNGS)]
     found += list(out.glob(f"*{HISTORY_SUFFIX}")) + list(out.glob(f"*{PARAMS_SUFFIX}"))
@@ -501,9 +501,9 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
     import jax
     import numpy as np
 
-    from jax_iris.checkpoint import flatten_params
-    from jax_iris.fileio import commit
-    from jax_iris.sweep_report import csv_text, format_summary, summarize_grid
+    from jax_iris.io.checkpoint import flatten_params
+    from jax_iris.io.fileio import commit
+    from jax_iris.report.sweep_report import csv_text, format_summary, summarize_grid
 
     for (arch, head), result in results.items():
         n = len(result.seeds)
@@ -586,7 +586,7 @@ def written_summary(written: list[Path], out: Path) -> str:
 def figures(results: dict, summary: dict, out: Path) -> dict[Path, bytes]:
     """The PNGs: histograms for a seed sweep, heatmaps for a grid; none (with one line)
     when matplotlib is missing."""
-    from jax_iris.plots import (
+    from jax_iris.report.plots import (
         INSTALL_HINT,
         PlotError,
         grid_heatmaps,
@@ -610,7 +610,7 @@ def hparams_files(summary: dict, out: Path) -> dict[Path, bytes]:
 
     The event files have a fixed name, so running the same grid again replaces them.
     """
-    from jax_iris.report import HPARAMS_EVENTS_NAME, hparams_events
+    from jax_iris.report.tensorboard import HPARAMS_EVENTS_NAME, hparams_events
 
     root = out / TENSORBOARD_DIR
     return {

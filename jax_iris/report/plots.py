@@ -57,7 +57,8 @@ class Run(NamedTuple):
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
     """One ``Run`` per checkpoint file, labelled by its net (by its path if a net repeats)."""
-    from jax_iris import checkpoint, registry
+    from jax_iris import registry
+    from jax_iris.io import checkpoint
     from jax_iris.quote import clean_path
 
     loaded = []

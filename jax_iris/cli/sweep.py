@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from jax_iris.cli.common import (
     Interrupted,
@@ -43,6 +43,9 @@ from jax_iris.cli.distributed import (
 from jax_iris.config import SweepConfig, TrainConfig
 from jax_iris.platform import default_host_devices
 from jax_iris.quote import clean, clean_path
+
+if TYPE_CHECKING:  # sweep_report imports jax; the command imports it once it has checked flags
+    from jax_iris.report.sweep_report import GridSummary
 
 PROG = "sweep.py"
 MAX_SHARDS = 100_000
@@ -217,10 +220,8 @@ def planned_outputs(sweep: SweepConfig, out: Path, tensorboard: bool) -> list[Pa
             if tensorboard and cells > 1:
                 for lr in sweep.lr:
                     for wd in sweep.weight_decay:
-                        cell = {"arch": arch, "head": head, "lr": lr, "weight_decay": wd}
-                        paths.append(
-                            out / TENSORBOARD_DIR / cell_run_name(cell) / HPARAMS_EVENTS_NAME
-                        )
+                        run = cell_run_name(arch, head, lr, wd)
+                        paths.append(out / TENSORBOARD_DIR / run / HPARAMS_EVENTS_NAME)
     if tensorboard and cells > 1:
         paths.append(out / TENSORBOARD_DIR / HPARAMS_EVENTS_NAME)
     return paths
@@ -516,18 +517,6 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
         if diverged:
             print(f"{arch}, {head}: {diverged} of {n} nets diverged (non-finite loss)")
     summary = summarize_grid(results)
-    summary["sweep"] = sweep.to_dict()
-    summary["run"] = {
-        "store": store.key,
-        "group_size": manifest["sweep"]["group_size"],
-        "platform": manifest["platform"],
-        "device_kind": manifest["device_kind"],
-        "devices": jax.device_count(),
-        "processes": jax.process_count(),
-        "versions": manifest["versions"],
-        "matmul_precision": manifest["train"]["matmul_precision"],
-        "xla_flags": manifest["xla_flags"],
-    }
     print()
     print(format_summary(summary))
     files = {out / CSV_NAME: csv_text(results).encode()}
@@ -544,8 +533,23 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
             # Names are parameter paths ("layer_1/k/kernel"), never savez's allow_pickle.
             np.savez(buffer, **flatten_params(result.params))  # pyright: ignore[reportArgumentType]
             files[out / f"{arch}-{head}{PARAMS_SUFFIX}"] = buffer.getvalue()
-    summary["outputs"] = sorted(str(p.relative_to(out)) for p in [*files, out / JSON_NAME])
-    files[out / JSON_NAME] = (json.dumps(summary, indent=2) + "\n").encode()
+    document = {
+        **summary.to_dict(),
+        "sweep": sweep.to_dict(),
+        "run": {
+            "store": store.key,
+            "group_size": manifest["sweep"]["group_size"],
+            "platform": manifest["platform"],
+            "device_kind": manifest["device_kind"],
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
+            "versions": manifest["versions"],
+            "matmul_precision": manifest["train"]["matmul_precision"],
+            "xla_flags": manifest["xla_flags"],
+        },
+        "outputs": sorted(str(p.relative_to(out)) for p in [*files, out / JSON_NAME]),
+    }
+    files[out / JSON_NAME] = (json.dumps(document, indent=2) + "\n").encode()
     check_targets(files, out)
     stale = [p for p in previous_outputs(out) if p not in files]
     try:
@@ -583,7 +587,7 @@ def written_summary(written: list[Path], out: Path) -> str:
     return ", ".join(shown)
 
 
-def figures(results: dict, summary: dict, out: Path) -> dict[Path, bytes]:
+def figures(results: dict, summary: GridSummary, out: Path) -> dict[Path, bytes]:
     """The PNGs: histograms for a seed sweep, heatmaps for a grid; none (with one line)
     when matplotlib is missing."""
     from jax_iris.report.plots import (
@@ -599,13 +603,13 @@ def figures(results: dict, summary: dict, out: Path) -> dict[Path, bytes]:
     except PlotError:
         print(f"no figures: {INSTALL_HINT}")
         return {}
-    cells = {(c["lr"], c["weight_decay"]) for c in summary["cells"]}
+    cells = {(c.lr, c.weight_decay) for c in summary.cells}
     if len(cells) == 1:
         return {out / PNG_NAME: sweep_histograms(results)}
     return {out / name: png for name, png in grid_heatmaps(summary).items()}
 
 
-def hparams_files(summary: dict, out: Path) -> dict[Path, bytes]:
+def hparams_files(summary: GridSummary, out: Path) -> dict[Path, bytes]:
     """One TensorBoard run per cell under ``out/tensorboard``, the experiment at its top.
 
     The event files have a fixed name, so running the same grid again replaces them.
@@ -615,7 +619,7 @@ def hparams_files(summary: dict, out: Path) -> dict[Path, bytes]:
     root = out / TENSORBOARD_DIR
     return {
         root / run / HPARAMS_EVENTS_NAME: data
-        for run, data in hparams_events(summary["cells"]).items()
+        for run, data in hparams_events(summary.cells).items()
     }
 
 

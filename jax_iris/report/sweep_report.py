@@ -1,5 +1,8 @@
 """What a sweep or grid shows: per-cell statistics, paired comparisons, a text summary, a CSV.
 
+The summary is a ``GridSummary`` record (``CellSummary`` and ``PairedSummary`` within
+it), read by attribute; ``GridSummary.to_dict`` is how ``summary.json`` begins.
+
 A *cell* is one (arch, head, lr, weight decay); its nets differ only in their seed
 (and split seed). Nets of two archs are paired when they share head, lr, weight
 decay, seed and split seed.
@@ -10,14 +13,18 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
 from jax_iris import baselines
+from jax_iris.baselines import BeatShare
 from jax_iris.stats import (
     SUCCESS_ACCURACY,
+    Interval,
+    Proportion,
+    Summary,
     mean_interval,
     paired_comparison,
     success_rate,
@@ -55,45 +62,115 @@ def _final(result: GridResult, split: str, metric: str) -> np.ndarray:
     return np.asarray(getattr(getattr(result.final, split), metric))
 
 
-def summarize_grid(results: Results) -> dict[str, Any]:
-    """Everything the report prints, as plain JSON-able data."""
+class SplitSummaries(NamedTuple):
+    """A summary of each split's final accuracy, in ``SPLITS`` order."""
+
+    train: Summary
+    val: Summary
+    test: Summary
+
+
+class CellSummary(NamedTuple):
+    """One cell's nets: what they were trained with and how they ended."""
+
+    arch: str
+    head: str
+    lr: float  # the shortest decimal of the float32 trained with (``cell_masks``)
+    weight_decay: float
+    epochs: int
+    nets: int
+    vary_split: bool
+    split_seed: int | None  # None when each net had its own split
+    accuracy: SplitSummaries  # final accuracy over the nets
+    success: Proportion  # nets with train accuracy >= SUCCESS_ACCURACY
+    test_accuracy_mean: Interval
+    beats_logistic: BeatShare  # nets above LogisticRegression's test accuracy on their split
+    diverged: int  # nets whose final train loss is not finite
+
+
+class PairedSummary(NamedTuple):
+    """Arch ``a`` minus arch ``b`` on the same seeds and splits, in one (head, lr, wd) cell.
+
+    The last seven fields are ``stats.PairedComparison``'s, in its order.
+    """
+
+    head: str
+    lr: float
+    weight_decay: float
+    a: str
+    b: str
+    metric: str  # "test accuracy"
+    n: int
+    wins: float
+    ties: float
+    losses: float
+    mean_difference: float
+    low: float
+    high: float
+
+
+class GridSummary(NamedTuple):
+    """Everything the report prints and ``summary.json`` holds of the nets."""
+
+    success_threshold: float
+    cells: tuple[CellSummary, ...]
+    paired: tuple[PairedSummary, ...]
+    caveat: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """As plain JSON data, keys in field order: the start of ``summary.json``."""
+        return _plain(self)
+
+
+def _plain(value: Any) -> Any:
+    """Records as dicts (keys in field order), tuples as lists, all the way down."""
+    if hasattr(value, "_asdict"):
+        return {name: _plain(field) for name, field in value._asdict().items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def summarize_grid(results: Results) -> GridSummary:
+    """Everything the report prints: every cell, every paired comparison."""
     cells = []
     for (arch, head), result in results.items():
         for lr, wd, mask in cell_masks(result):
             test_accuracy = _final(result, "test", "accuracy")[mask]
             train_loss = _final(result, "train", "loss")[mask]
             cells.append(
-                {
-                    "arch": arch,
-                    "head": head,
-                    "lr": lr,
-                    "weight_decay": wd,
-                    "epochs": result.config.epochs,
-                    "nets": int(mask.sum()),
-                    "vary_split": result.vary_split,
-                    "split_seed": None if result.vary_split else result.config.split_seed,
-                    "accuracy": {
-                        split: summarize(_final(result, split, "accuracy")[mask])._asdict()
-                        for split in SPLITS
-                    },
-                    "success": success_rate(_final(result, "train", "accuracy")[mask])._asdict(),
-                    "test_accuracy_mean": mean_interval(test_accuracy)._asdict(),
-                    # nets above LogisticRegression's test accuracy on their own split
-                    "beats_logistic": baselines.beat_share(
+                CellSummary(
+                    arch=arch,
+                    head=head,
+                    lr=lr,
+                    weight_decay=wd,
+                    epochs=result.config.epochs,
+                    nets=int(mask.sum()),
+                    vary_split=result.vary_split,
+                    split_seed=None if result.vary_split else result.config.split_seed,
+                    accuracy=SplitSummaries(
+                        **{
+                            split: summarize(_final(result, split, "accuracy")[mask])
+                            for split in SPLITS
+                        }
+                    ),
+                    success=success_rate(_final(result, "train", "accuracy")[mask]),
+                    test_accuracy_mean=mean_interval(test_accuracy),
+                    beats_logistic=baselines.beat_share(
                         test_accuracy, baselines.logistic_test_accuracies(result.split_seeds[mask])
-                    )._asdict(),
-                    "diverged": int(np.sum(~np.isfinite(train_loss))),
-                }
+                    ),
+                    diverged=int(np.sum(~np.isfinite(train_loss))),
+                )
             )
-    return {
-        "success_threshold": SUCCESS_ACCURACY,
-        "cells": cells,
-        "paired": paired_cells(results),
-        "caveat": MULTIPLE_COMPARISONS,
-    }
+    return GridSummary(
+        success_threshold=SUCCESS_ACCURACY,
+        cells=tuple(cells),
+        paired=paired_cells(results),
+        caveat=MULTIPLE_COMPARISONS,
+    )
 
 
-def paired_cells(results: Results) -> list[dict[str, Any]]:
+def paired_cells(results: Results) -> tuple[PairedSummary, ...]:
     """Test accuracy of arch a minus arch b on the same nets' seeds, per (head, lr, wd)."""
     archs = list(dict.fromkeys(arch for arch, _ in results))
     heads = list(dict.fromkeys(head for _, head in results))
@@ -116,50 +193,50 @@ def paired_cells(results: Results) -> list[dict[str, Any]]:
                     _final(ra, "test", "accuracy")[mask], _final(rb, "test", "accuracy")[mask]
                 )
                 paired.append(
-                    {
-                        "head": head,
-                        "lr": lr,
-                        "weight_decay": wd,
-                        "a": a,
-                        "b": b,
-                        "metric": "test accuracy",
+                    PairedSummary(
+                        head=head,
+                        lr=lr,
+                        weight_decay=wd,
+                        a=a,
+                        b=b,
+                        metric="test accuracy",
                         **comparison._asdict(),
-                    }
+                    )
                 )
-    return paired
+    return tuple(paired)
 
 
-def format_summary(summary: dict[str, Any]) -> str:
+def format_summary(summary: GridSummary) -> str:
     """The summary as text: a seed sweep line by line, a grid as (lr x weight decay) tables."""
-    if len({(c["lr"], c["weight_decay"]) for c in summary["cells"]}) > 1:
+    if len({(c.lr, c.weight_decay) for c in summary.cells}) > 1:
         return format_grid(summary)
-    threshold = summary["success_threshold"]
+    threshold = summary.success_threshold
     lines = [
         f"{'arch':<8}{'head':<9}{'lr':>8}{'wd':>8}{'nets':>7}"
         f"  {'success (train acc >= ' + str(threshold) + ')':<36}{'test accuracy (95% CI)':<24}"
         f"  {'beat LogisticRegression on test':<32}"
     ]
-    for c in summary["cells"]:
-        s, t, b = c["success"], c["test_accuracy_mean"], c["beats_logistic"]
-        success = f"{s['rate']:6.1%} ({s['low']:.1%} to {s['high']:.1%})"
-        test = f"{t['mean']:.3f} ({t['low']:.3f} to {t['high']:.3f})"
-        beats = f"{b['share']:6.1%} ({b['low']:.1%} to {b['high']:.1%})"
+    for c in summary.cells:
+        s, t, b = c.success, c.test_accuracy_mean, c.beats_logistic
+        success = f"{s.rate:6.1%} ({s.low:.1%} to {s.high:.1%})"
+        test = f"{t.mean:.3f} ({t.low:.3f} to {t.high:.3f})"
+        beats = f"{b.share:6.1%} ({b.low:.1%} to {b.high:.1%})"
         lines.append(
-            f"{c['arch']:<8}{c['head']:<9}{c['lr']:>8g}{c['weight_decay']:>8g}{c['nets']:>7}"
+            f"{c.arch:<8}{c.head:<9}{c.lr:>8g}{c.weight_decay:>8g}{c.nets:>7}"
             f"  {success:<36}{test:<24}  {beats:<32}"
-            + (f"  {c['diverged']} diverged" if c["diverged"] else "")
+            + (f"  {c.diverged} diverged" if c.diverged else "")
         )
-    if summary["paired"]:
+    if summary.paired:
         lines.append("paired on the same seeds and splits, test accuracy a - b:")
-        for p in summary["paired"]:
+        for p in summary.paired:
             lines.append(
-                f"  {p['a']} - {p['b']}, head {p['head']}, lr {p['lr']:g}, wd {p['weight_decay']:g}"
-                f" ({p['n']} pairs): wins {p['wins']:.1%}, ties {p['ties']:.1%},"
-                f" losses {p['losses']:.1%}; mean {p['mean_difference']:+.3f}"
-                f" (95% CI {p['low']:+.3f} to {p['high']:+.3f})"
+                f"  {p.a} - {p.b}, head {p.head}, lr {p.lr:g}, wd {p.weight_decay:g}"
+                f" ({p.n} pairs): wins {p.wins:.1%}, ties {p.ties:.1%},"
+                f" losses {p.losses:.1%}; mean {p.mean_difference:+.3f}"
+                f" (95% CI {p.low:+.3f} to {p.high:+.3f})"
             )
-        if len(summary["paired"]) > 1:
-            lines.append(f"  note: {summary['caveat']}")
+        if len(summary.paired) > 1:
+            lines.append(f"  note: {summary.caveat}")
     return "\n".join(lines)
 
 
@@ -199,19 +276,24 @@ def csv_text(results: Results) -> str:
     return buffer.getvalue()
 
 
-def format_grid(summary: dict[str, Any]) -> str:
+Entry = TypeVar("Entry", CellSummary, PairedSummary)  # a table's entry: one a cell
+
+
+def format_grid(summary: GridSummary) -> str:
     """A grid as tables, weight decays down and learning rates across.
 
     Per (arch, head): success rate / mean test accuracy of each cell. Per paired
     (head, a, b): the mean test-accuracy difference a - b with its 95% interval, a
     star where the interval excludes 0. Intervals of the cells are in the JSON.
     """
-    cells, paired = summary["cells"], summary["paired"]
-    lrs = sorted({c["lr"] for c in cells})
-    wds = sorted({c["weight_decay"] for c in cells})
+    cells, paired = summary.cells, summary.paired
+    lrs = sorted({c.lr for c in cells})
+    wds = sorted({c.weight_decay for c in cells})
 
-    def table(title: str, entries: list[dict[str, Any]], text: Any, width: int) -> list[str]:
-        by_cell = {(e["lr"], e["weight_decay"]): e for e in entries}
+    def table(
+        title: str, entries: list[Entry], text: Callable[[Entry], str], width: int
+    ) -> list[str]:
+        by_cell = {(e.lr, e.weight_decay): e for e in entries}
         rows = [title, "wd \\ lr".rjust(8) + "".join(f"{lr:>{width}g}" for lr in lrs)]
         for wd in wds:
             row = [text(by_cell[(lr, wd)]) if (lr, wd) in by_cell else "-" for lr in lrs]
@@ -219,37 +301,35 @@ def format_grid(summary: dict[str, Any]) -> str:
         return rows
 
     lines = []
-    for arch, head in dict.fromkeys((c["arch"], c["head"]) for c in cells):
-        entries = [c for c in cells if (c["arch"], c["head"]) == (arch, head)]
+    for arch, head in dict.fromkeys((c.arch, c.head) for c in cells):
+        entries = [c for c in cells if (c.arch, c.head) == (arch, head)]
         title = (
-            f"{arch}, {head}: success (train accuracy >= {summary['success_threshold']})"
-            f" / mean test accuracy, {entries[0]['nets']} nets a cell"
+            f"{arch}, {head}: success (train accuracy >= {summary.success_threshold})"
+            f" / mean test accuracy, {entries[0].nets} nets a cell"
         )
         lines += table(
             title,
             entries,
-            lambda c: f"{c['success']['rate']:.1%} / {c['test_accuracy_mean']['mean']:.3f}",
+            lambda c: f"{c.success.rate:.1%} / {c.test_accuracy_mean.mean:.3f}",
             17,
         )
-        diverged = [c for c in entries if c["diverged"]]
-        for c in diverged:
-            lines.append(
-                f"  lr {c['lr']:g}, wd {c['weight_decay']:g}: {c['diverged']} nets diverged"
-            )
+        for c in entries:
+            if c.diverged:
+                lines.append(f"  lr {c.lr:g}, wd {c.weight_decay:g}: {c.diverged} nets diverged")
         lines.append("")
-    for a, b, head in dict.fromkeys((p["a"], p["b"], p["head"]) for p in paired):
-        entries = [p for p in paired if (p["a"], p["b"], p["head"]) == (a, b, head)]
+    for a, b, head in dict.fromkeys((p.a, p.b, p.head) for p in paired):
+        entries = [p for p in paired if (p.a, p.b, p.head) == (a, b, head)]
         title = (
             f"{a} - {b}, {head}: mean paired test-accuracy difference [95% CI],"
-            f" {entries[0]['n']} pairs a cell (* the CI excludes 0)"
+            f" {entries[0].n} pairs a cell (* the CI excludes 0)"
         )
         lines += table(title, entries, _paired_text, 26)
         lines.append("")
     if paired:
-        lines.append(f"note: {summary['caveat']}")
+        lines.append(f"note: {summary.caveat}")
     return "\n".join(lines).rstrip("\n")
 
 
-def _paired_text(p: dict[str, Any]) -> str:
-    star = "*" if p["low"] > 0 or p["high"] < 0 else " "
-    return f"{p['mean_difference']:+.3f}{star}[{p['low']:+.3f},{p['high']:+.3f}]"
+def _paired_text(p: PairedSummary) -> str:
+    star = "*" if p.low > 0 or p.high < 0 else " "
+    return f"{p.mean_difference:+.3f}{star}[{p.low:+.3f},{p.high:+.3f}]"

@@ -17,11 +17,14 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from jax_iris.report.tables import METRIC_LABELS, SPLIT_LABELS, Table
+
+if TYPE_CHECKING:  # sweep_report imports jax; a run's events need none of it
+    from jax_iris.report.sweep_report import CellSummary
 
 TAG_LOSS = "train/loss"
 TAG_ACCURACY = "train/accuracy"
@@ -174,38 +177,37 @@ HPARAMS_METRICS = {  # tag -> its description in the experiment summary
 HPARAMS_EVENTS_NAME = "events.out.tfevents.grid"  # fixed, so a rerun replaces, never doubles
 
 
-def cell_run_name(cell: Mapping[str, Any]) -> str:
+def cell_run_name(arch: str, head: str, lr: float, weight_decay: float) -> str:
     """A cell's TensorBoard run: ``<arch>_<head>_lr<lr>_wd<weight decay>``, each value the
     shortest decimal of its float32 (distinct cells, distinct runs)."""
-    import numpy as np
-
-    lr, wd = (str(np.float32(cell[name])) for name in ("lr", "weight_decay"))
-    return f"{cell['arch']}_{cell['head']}_lr{lr}_wd{wd}"
+    return f"{arch}_{head}_lr{str(np.float32(lr))}_wd{str(np.float32(weight_decay))}"
 
 
-def cell_hparams(cell: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: cell[name] for name in HPARAMS}
+def cell_hparams(cell: CellSummary) -> dict[str, Any]:
+    """The cell's ``HPARAMS``, named as TensorBoard shows them (its field names)."""
+    return {name: getattr(cell, name) for name in HPARAMS}
 
 
-def cell_metrics(cell: Mapping[str, Any]) -> dict[str, float]:
+def cell_metrics(cell: CellSummary) -> dict[str, float]:
     """The scalars a cell's run logs, from ``sweep_report.summarize_grid``'s cell."""
     return {
-        "cell/success_rate": cell["success"]["rate"],
-        **{f"cell/{split}_accuracy": cell["accuracy"][split]["mean"] for split in SPLIT_LABELS},
+        "cell/success_rate": cell.success.rate,
+        **{f"cell/{split}_accuracy": getattr(cell.accuracy, split).mean for split in SPLIT_LABELS},
     }
 
 
-def hparams_events(cells: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
+def hparams_events(cells: Sequence[CellSummary]) -> dict[str, bytes]:
     """A grid as TensorBoard HParams runs: {run name: one event file's bytes}.
 
-    ``cells`` are ``summarize_grid(...)["cells"]``. Each cell becomes the run
-    ``cell_run_name(cell)``: its hyperparameters (tensorboardX ``hparams``' session
-    start and end, status success) and the ``HPARAMS_METRICS`` scalars at step
-    ``epochs``. The run ``""`` (the log folder itself) holds the one experiment
-    summary: every hyperparameter with its discrete domain (the values of the grid),
-    so the dashboard can filter and sort, and every metric. TensorBoard reads the
-    experiment from whichever run carries it and expects just one, so the cell runs
-    carry none. As ``tensorboard_events``, nothing is written where the caller sees it.
+    ``cells`` are ``summarize_grid(...).cells``. Each cell becomes the run
+    ``cell_run_name`` of its arch, head, lr and weight decay: its hyperparameters
+    (tensorboardX ``hparams``' session start and end, status success) and the
+    ``HPARAMS_METRICS`` scalars at step ``epochs``. The run ``""`` (the log folder
+    itself) holds the one experiment summary: every hyperparameter with its discrete
+    domain (the values of the grid), so the dashboard can filter and sort, and every
+    metric. TensorBoard reads the experiment from whichever run carries it and expects
+    just one, so the cell runs carry none. As ``tensorboard_events``, nothing is
+    written where the caller sees it.
     """
     FileWriter, Summary = _tensorboardx()
     with _torch_hidden():
@@ -218,13 +220,14 @@ def hparams_events(cells: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
         scalars = Summary(
             value=[Summary.Value(tag=tag, simple_value=value) for tag, value in metrics.items()]
         )
-        files[cell_run_name(cell)] = _summaries_bytes(
-            FileWriter, [(start, 0), (scalars, cell["epochs"]), (end, cell["epochs"])]
+        name = cell_run_name(cell.arch, cell.head, cell.lr, cell.weight_decay)
+        files[name] = _summaries_bytes(
+            FileWriter, [(start, 0), (scalars, cell.epochs), (end, cell.epochs)]
         )
     return files
 
 
-def _experiment(cells: Sequence[Mapping[str, Any]], Summary: type) -> Any:
+def _experiment(cells: Sequence[CellSummary], Summary: type) -> Any:
     """tensorboardX's experiment summary, with the grid's values as each domain."""
     from google.protobuf.struct_pb2 import ListValue
     from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName  # pyright: ignore[reportAttributeAccessIssue]
@@ -233,7 +236,7 @@ def _experiment(cells: Sequence[Mapping[str, Any]], Summary: type) -> Any:
 
     infos = []
     for name in HPARAMS:
-        values = list(dict.fromkeys(cell[name] for cell in cells))
+        values = list(dict.fromkeys(getattr(cell, name) for cell in cells))
         is_text = all(isinstance(v, str) for v in values)
         domain = ListValue()
         domain.extend(values if is_text else sorted(float(v) for v in values))

@@ -134,7 +134,7 @@ def beat_share(test_accuracies: Any, baseline_test_accuracy: Any) -> BeatShare:
 
 
 def table_columns(baselines: Baselines) -> dict[str, Any]:
-    """Columns for ``report.format_table``: accuracies, and no loss (shown as ``-``).
+    """Columns for ``report.tables.format_table``: accuracies, and no loss (shown as ``-``).
 
     Their losses are not the nets' loss (a softmax over sigmoids), so none is shown.
     """

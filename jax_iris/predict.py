@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jax_iris import checkpoint, registry
+from jax_iris import registry
 from jax_iris.data import NUM_CLASSES, NUM_FEATURES
+from jax_iris.io import checkpoint
 from jax_iris.models import Params, get_model, param_shapes
 from jax_iris.rows import SPECIES
 

@@ -3,7 +3,7 @@
 A grid trains every (learning rate, weight decay, seed) cell as one net; a seed
 sweep is the 1 x 1 grid. Nets are laid out learning rate slowest, seed fastest,
 and cut into chunks of ``chunk_size`` nets (the unit a results store keeps, see
-``jax_iris.store``). A chunk's nets are shared out over every device (every
+``jax_iris.io.store``). A chunk's nets are shared out over every device (every
 process's, under ``jax.distributed``), each device's share padded to whole groups
 and run as separate calls of the same compiled group programs ``fit`` uses.
 

@@ -104,8 +104,8 @@ def save_untrained(
     """A valid checkpoint of freshly initialised params (no training), with a fake history."""
     import jax
 
-    from jax_iris import checkpoint
     from jax_iris.config import TrainConfig
+    from jax_iris.io import checkpoint
     from jax_iris.models import init_params
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, **config)

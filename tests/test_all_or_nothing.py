@@ -30,11 +30,12 @@ from helpers import (
     snapshot,
 )
 
-from jax_iris import checkpoint, fileio, plots, report
 from jax_iris.cli import common, convert, evaluate, plot, sweep, train
 from jax_iris.cli.common import NOTHING_WRITTEN, OUTPUTS_WRITTEN
+from jax_iris.io import checkpoint, fileio
+from jax_iris.io.store import STORE_DIR
 from jax_iris.quote import clean_path, quote
-from jax_iris.store import STORE_DIR
+from jax_iris.report import plots, tensorboard
 
 EXIT_INTERRUPTED = 130  # jax_iris.cli.common.EXIT_INTERRUPTED, restated: the contract
 TRAIN = ["--epochs", SHORT_EPOCHS, "--log-every", SHORT_EPOCHS]
@@ -116,7 +117,7 @@ def test_full_disk_while_writing_events_keeps_every_earlier_file(
 def test_ctrl_c_while_events_are_built_keeps_every_earlier_file(
     workdir, earlier, capsys, monkeypatch
 ):
-    monkeypatch.setattr(report, "tensorboard_events", interrupt)
+    monkeypatch.setattr(tensorboard, "tensorboard_events", interrupt)
     code, out, err = call(train.main, [*TRAIN, "--arch", "both"], capsys)
     assert code == EXIT_INTERRUPTED
     assert one_line(err) == f"train.py: interrupted; {KEPT_ON_CTRL_C}"
@@ -151,7 +152,7 @@ def test_plot_with_room_for_one_png_replaces_neither(workdir, earlier, capsys, m
 
 
 def test_two_runs_in_the_same_second_keep_both_event_files(workdir, capsys, monkeypatch):
-    monkeypatch.setattr(report, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
+    monkeypatch.setattr(tensorboard, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
     for seed in (1, 2):
         code, _, err = call(train.main, [*TRAIN, "--seed", seed], capsys)
         assert (code, err) == (0, "")
@@ -164,7 +165,7 @@ def test_two_runs_in_the_same_second_keep_both_event_files(workdir, capsys, monk
 # not yet flushed, so that a real SIGINT lands there.
 _PAUSED_WRITER = """
 import os, sys, time
-from jax_iris import fileio
+from jax_iris.io import fileio
 from jax_iris.cli import train
 
 real_commit = fileio.commit

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from jax_iris import checkpoint
-from jax_iris.checkpoint import CheckpointError
+from jax_iris.io import checkpoint
+from jax_iris.io.checkpoint import CheckpointError
 from jax_iris.models import init_params, param_shapes
 from jax_iris.train import TrainConfig
 

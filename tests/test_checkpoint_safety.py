@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jax_iris import checkpoint
-from jax_iris.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError
+from jax_iris.io import checkpoint
+from jax_iris.io.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError
 from jax_iris.models import param_shapes
 from jax_iris.quote import clean, clean_path, quote
 from jax_iris.train import TrainConfig
@@ -41,7 +41,8 @@ FUZZ_BATCH = 1000  # files per child: one start-up (~2 s) per batch keeps the fu
 CHILD = r"""
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-from jax_iris import checkpoint, models
+from jax_iris import models
+from jax_iris.io import checkpoint
 from jax_iris.train import TrainConfig
 for arch in checkpoint._known_archs():
     models.param_shapes(arch)

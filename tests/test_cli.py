@@ -22,7 +22,7 @@ from helpers import (
 
 import jax_iris.cli
 from jax_iris.cli import convert, evaluate, plot, sweep, train
-from jax_iris.plots import INSTALL_HINT
+from jax_iris.report.plots import INSTALL_HINT
 
 
 @pytest.fixture

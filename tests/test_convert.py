@@ -13,10 +13,10 @@ import pytest
 import torch
 from helpers import SHORT_EPOCHS, call
 
-from jax_iris import checkpoint
 from jax_iris.cli import convert as convert_command
 from jax_iris.config import TrainConfig
 from jax_iris.data import load_split
+from jax_iris.io import checkpoint
 from jax_iris.models import get_model, init_params
 from jax_iris.pytorch import reference as tr
 from jax_iris.pytorch.compat import (

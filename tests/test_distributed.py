@@ -23,7 +23,7 @@ from helpers import EXIT_USAGE, SCRIPTS, assert_one_line_error, assert_usage_err
 from jax_iris.cli import sweep as sweep_cli
 from jax_iris.cli.distributed import CONNECT_SLACK_S, EXIT_LOST, LOST_SLACK_S
 from jax_iris.distributed import HEARTBEAT_TIMEOUT_S, ClusterEnv, detect_cluster
-from jax_iris.store import STORE_DIR
+from jax_iris.io.store import STORE_DIR
 
 PROG = "sweep.py"
 # A 2 x 1 grid of 6 seeds: 12 nets, 3 on each of the 4 devices of two processes.

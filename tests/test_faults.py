@@ -23,10 +23,10 @@ from helpers import (
     snapshot,
 )
 
-from jax_iris import checkpoint
 from jax_iris.cli import convert, sweep, train
 from jax_iris.config import TrainConfig
-from jax_iris.store import STORE_DIR
+from jax_iris.io import checkpoint
+from jax_iris.io.store import STORE_DIR
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
@@ -103,7 +103,7 @@ def test_a_disk_full_while_writing_a_pth_leaves_nothing(tmp_path, capsys, monkey
 KILLED_SAVER = """
 import os, sys, time
 import jax
-from jax_iris import checkpoint
+from jax_iris.io import checkpoint
 
 path, step = sys.argv[1], sys.argv[2]
 old = checkpoint.load(path)

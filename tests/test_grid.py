@@ -19,11 +19,11 @@ from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
 from tensorboardX.record_writer import masked_crc32c
 
 from jax_iris.cli.sweep import main as sweep_main
-from jax_iris.progress import Progress
-from jax_iris.report import HPARAMS, HPARAMS_METRICS, cell_run_name
-from jax_iris.store import STORE_DIR
+from jax_iris.io.store import STORE_DIR
+from jax_iris.report.progress import Progress
+from jax_iris.report.sweep_report import csv_text, summarize_grid
+from jax_iris.report.tensorboard import HPARAMS, HPARAMS_METRICS, cell_run_name
 from jax_iris.sweep import device_share, train_grid
-from jax_iris.sweep_report import csv_text, summarize_grid
 from jax_iris.train import TrainConfig, fit
 
 EPOCHS = 30
@@ -152,41 +152,41 @@ def test_small_grid_statistics_match_a_hand_count_from_the_csv(small_grid):
     rows = list(csv.DictReader(io.StringIO(csv_text(small_grid))))
     assert len(rows) == 2 * 2 * 6
     summary = summarize_grid(small_grid)
-    assert len(summary["cells"]) == 4 and len(summary["paired"]) == 2
+    assert len(summary.cells) == 4 and len(summary.paired) == 2
     rates = set()
-    for cell in summary["cells"]:
+    for cell in summary.cells:
         mine = [
             r
             for r in rows
             if (r["arch"], float(r["lr"]), float(r["weight_decay"]))
-            == (cell["arch"], cell["lr"], cell["weight_decay"])
+            == (cell.arch, cell.lr, cell.weight_decay)
         ]
-        assert len(mine) == cell["nets"] == 6
+        assert len(mine) == cell.nets == 6
         successes = sum(round(float(r["train_accuracy"]) * 120) >= 108 for r in mine)
         assert successes == sum(int(r["success"]) for r in mine)
         low, high = _wilson_by_hand(successes, 6)
-        s = cell["success"]
-        assert (s["successes"], s["n"]) == (successes, 6)
-        assert s["rate"] == pytest.approx(successes / 6, abs=1e-12)
-        assert s["low"] == pytest.approx(max(low, 0.0), abs=1e-9)
-        assert s["high"] == pytest.approx(min(high, 1.0), abs=1e-9)
+        s = cell.success
+        assert (s.successes, s.n) == (successes, 6)
+        assert s.rate == pytest.approx(successes / 6, abs=1e-12)
+        assert s.low == pytest.approx(max(low, 0.0), abs=1e-9)
+        assert s.high == pytest.approx(min(high, 1.0), abs=1e-9)
         test_mean = sum(float(r["test_accuracy"]) for r in mine) / 6
-        t = cell["test_accuracy_mean"]
-        assert t["mean"] == pytest.approx(test_mean, abs=1e-6)  # the CSV keeps 6 decimals
-        assert t["low"] <= t["mean"] <= t["high"]
+        t = cell.test_accuracy_mean
+        assert t.mean == pytest.approx(test_mean, abs=1e-6)  # the CSV keeps 6 decimals
+        assert t.low <= t.mean <= t.high
         rates.add(successes)
     assert len(rates) > 1, "the cells should not all succeed or fail alike"
-    for pair in summary["paired"]:
+    for pair in summary.paired:
         by_seed = {}
         for r in rows:
-            if (float(r["lr"]), float(r["weight_decay"])) == (pair["lr"], pair["weight_decay"]):
+            if (float(r["lr"]), float(r["weight_decay"])) == (pair.lr, pair.weight_decay):
                 by_seed.setdefault(int(r["seed"]), {})[r["arch"]] = float(r["test_accuracy"])
         diffs = [v["atten"] - v["linear"] for v in by_seed.values()]
-        assert (pair["a"], pair["b"], pair["n"]) == ("atten", "linear", 6)
-        assert pair["mean_difference"] == pytest.approx(sum(diffs) / 6, abs=1e-6)
-        assert pair["wins"] == pytest.approx(sum(d > 1e-5 for d in diffs) / 6)
-        assert pair["losses"] == pytest.approx(sum(d < -1e-5 for d in diffs) / 6)
-        assert pair["low"] <= pair["mean_difference"] <= pair["high"]
+        assert (pair.a, pair.b, pair.n) == ("atten", "linear", 6)
+        assert pair.mean_difference == pytest.approx(sum(diffs) / 6, abs=1e-6)
+        assert pair.wins == pytest.approx(sum(d > 1e-5 for d in diffs) / 6)
+        assert pair.losses == pytest.approx(sum(d < -1e-5 for d in diffs) / 6)
+        assert pair.low <= pair.mean_difference <= pair.high
 
 
 def read_events(path: Path) -> list[Event]:
@@ -295,10 +295,14 @@ def test_hparams_runs_read_back_one_per_cell(grid_out):
         "epochs": [20.0],
     }
     assert [m.name.tag for m in experiment.metric_infos] == list(HPARAMS_METRICS)
+
+    def run_of(cell: dict) -> str:
+        return cell_run_name(cell["arch"], cell["head"], cell["lr"], cell["weight_decay"])
+
     runs = sorted(p.name for p in board.iterdir() if p.is_dir())
-    assert runs == sorted(cell_run_name(c) for c in summary["cells"])
+    assert runs == sorted(run_of(c) for c in summary["cells"])
     for cell in summary["cells"]:
-        (path,) = (board / cell_run_name(cell)).iterdir()
+        (path,) = (board / run_of(cell)).iterdir()
         events = read_events(path)
         plugin = hparams_plugin_data(events)
         assert "_hparams_/experiment" not in plugin  # only the top-level run carries it

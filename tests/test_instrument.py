@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from helpers import SHORT_EPOCHS, call, leaves, run_python, run_script
 
-from jax_iris import checkpoint
 from jax_iris.config import TrainConfig
+from jax_iris.io import checkpoint
 from jax_iris.sweep import train_grid
 from jax_iris.train import fit
 

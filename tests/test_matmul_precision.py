@@ -8,9 +8,9 @@ import pickle
 import pytest
 from helpers import assert_usage_error, call, save_untrained
 
-from jax_iris import checkpoint
 from jax_iris.cli import train as train_command
 from jax_iris.config import MATMUL_PRECISIONS, ConfigError, TrainConfig
+from jax_iris.io import checkpoint
 
 
 def test_highest_is_the_default_and_every_precision_is_accepted():

@@ -15,7 +15,7 @@ import pytest
 from helpers import call, fake_history, save_untrained
 
 from jax_iris.cli import plot as plot_command
-from jax_iris.plots import (
+from jax_iris.report.plots import (
     FIGURES,
     SIGMOID_LOSS_FLOOR,
     PlotError,

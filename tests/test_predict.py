@@ -23,10 +23,11 @@ from helpers import (
     save_untrained,
 )
 
-from jax_iris import checkpoint, predict, rows
+from jax_iris import predict, rows
 from jax_iris.cli import predict as predict_cli
 from jax_iris.config import TrainConfig
 from jax_iris.data import load_split
+from jax_iris.io import checkpoint
 from jax_iris.models import get_model
 from jax_iris.train import evaluate, fit
 

@@ -36,9 +36,9 @@ from helpers import (
 )
 
 import jax_iris.cli
-from jax_iris import checkpoint, fileio
 from jax_iris.cli import convert, evaluate, plot, train
 from jax_iris.cli.common import NOTHING_WRITTEN
+from jax_iris.io import checkpoint, fileio
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 STATUS = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # 128 + the signal
@@ -106,7 +106,7 @@ def test_sigterm_during_training_is_ctrl_c(tmp_path, signum):
 _PAUSED_COMMIT = """
 import os, sys, time
 from pathlib import Path
-from jax_iris import fileio
+from jax_iris.io import fileio
 
 step, count = sys.argv[1], int(sys.argv[2])
 real, calls = getattr(os, step), [0]

@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from jax_iris import checkpoint
 from jax_iris.config import TrainConfig
 from jax_iris.data import _iris, load_split, split_ids
+from jax_iris.io import checkpoint
 from jax_iris.models import param_shapes
 from jax_iris.pytorch import compat
 from jax_iris.registry import blog_archs

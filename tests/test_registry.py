@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from helpers import assert_usage_error, call, leaves, parse_table
 
-from jax_iris import checkpoint, registry
+from jax_iris import registry
 from jax_iris.cli import convert as convert_command
 from jax_iris.cli import evaluate as evaluate_command
 from jax_iris.cli import train as train_command
 from jax_iris.config import ConfigError, TrainConfig
+from jax_iris.io import checkpoint
 from jax_iris.models import TorchDense, apply_head, get_model, identity, param_shapes
 from jax_iris.sweep import train_seeds
 from jax_iris.train import evaluate, fit, metrics_dict

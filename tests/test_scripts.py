@@ -17,8 +17,8 @@ from helpers import (
     run_script,
 )
 
-from jax_iris import checkpoint
 from jax_iris.cli import COMMANDS
+from jax_iris.io import checkpoint
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 from helpers import SCRIPTS, SHORT_EPOCHS, SUBPROCESS_TIMEOUT, save_untrained, snapshot
 
-from jax_iris import fileio
 from jax_iris.cli.common import NOTHING_WRITTEN, OUTPUTS_WRITTEN
+from jax_iris.io import fileio
 
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "stopped by SIGTERM"}

@@ -31,7 +31,7 @@ from helpers import (
 from jax_iris.cli import sweep as sweep_cli
 from jax_iris.cli.common import UsageError
 from jax_iris.config import TrainConfig
-from jax_iris.store import STORE_DIR
+from jax_iris.io.store import STORE_DIR
 from jax_iris.sweep import train_grid
 
 PROG = "sweep.py"

@@ -16,9 +16,9 @@ import pytest
 from helpers import SHORT_EPOCHS, leaves, run_python
 
 from jax_iris.config import TrainConfig
+from jax_iris.report.sweep_report import format_summary, summarize_grid
 from jax_iris.stats import SUCCESS_ACCURACY
 from jax_iris.sweep import GridResult, train_grid, train_seeds
-from jax_iris.sweep_report import format_summary, summarize_grid
 from jax_iris.train import SPLITS, Metrics, SplitMetrics, fit
 
 SEEDS = [0, 5, 9, 2]
@@ -197,18 +197,32 @@ def test_summary_counts_successes_and_pairs_the_same_seeds():
     atten = grid_of([1.0, 0.8, 0.6, 0.6], train_accuracy=[1.0, 0.9, 0.5, 0.5])
     linear = grid_of([0.8, 0.8, 0.8, 0.6], train_loss=[0.6, np.nan, 0.6, 0.6])
     summary = summarize_grid({("atten", "sigmoid"): atten, ("linear", "sigmoid"): linear})
-    assert summary["success_threshold"] == SUCCESS_ACCURACY
-    cells = {c["arch"]: c for c in summary["cells"]}
-    assert cells["atten"]["nets"] == 4 and cells["atten"]["split_seed"] == 666
-    assert (cells["atten"]["success"]["successes"], cells["atten"]["success"]["n"]) == (2, 4)
-    assert cells["atten"]["test_accuracy_mean"]["mean"] == pytest.approx(0.75)
-    assert cells["atten"]["accuracy"]["test"]["max"] == 1.0
-    assert (cells["atten"]["diverged"], cells["linear"]["diverged"]) == (0, 1)
-    (paired,) = summary["paired"]
-    assert (paired["a"], paired["b"], paired["n"]) == ("atten", "linear", 4)
-    assert (paired["wins"], paired["ties"], paired["losses"]) == (0.25, 0.5, 0.25)
-    assert paired["mean_difference"] == pytest.approx(0.0, abs=1e-7)
-    assert json.loads(json.dumps(summary)) == summary  # plain JSON data
+    assert summary.success_threshold == SUCCESS_ACCURACY
+    cells = {c.arch: c for c in summary.cells}
+    assert cells["atten"].nets == 4 and cells["atten"].split_seed == 666
+    assert (cells["atten"].success.successes, cells["atten"].success.n) == (2, 4)
+    assert cells["atten"].test_accuracy_mean.mean == pytest.approx(0.75)
+    assert cells["atten"].accuracy.test.max == 1.0
+    assert (cells["atten"].diverged, cells["linear"].diverged) == (0, 1)
+    (paired,) = summary.paired
+    assert (paired.a, paired.b, paired.n) == ("atten", "linear", 4)
+    assert (paired.wins, paired.ties, paired.losses) == (0.25, 0.5, 0.25)
+    assert paired.mean_difference == pytest.approx(0.0, abs=1e-7)
+    data = summary.to_dict()
+    assert json.loads(json.dumps(data)) == data  # plain JSON data
+    assert list(data) == ["success_threshold", "cells", "paired", "caveat"]
+    assert list(data["cells"][0]) == [
+        *("arch", "head", "lr", "weight_decay", "epochs", "nets", "vary_split", "split_seed"),
+        *("accuracy", "success", "test_accuracy_mean", "beats_logistic", "diverged"),
+    ]
+    assert list(data["cells"][0]["accuracy"]) == list(SPLITS)
+    assert data["cells"][0]["accuracy"]["test"] == cells["atten"].accuracy.test._asdict()
+    assert list(data["cells"][0]["success"]) == ["successes", "n", "rate", "low", "high"]
+    assert data["paired"][0] == {
+        **{"head": "sigmoid", "lr": 0.005, "weight_decay": 0.001, "a": "atten", "b": "linear"},
+        **{"metric": "test accuracy", "n": 4, "wins": 0.25, "ties": 0.5, "losses": 0.25},
+        **{"mean_difference": paired.mean_difference, "low": paired.low, "high": paired.high},
+    }
 
     text = format_summary(summary)
     assert "1 diverged" in text
@@ -220,20 +234,20 @@ def test_nets_on_other_seeds_are_not_paired_and_cells_are_kept_apart():
     atten = concatenate(grid_of([1.0, 0.8]), grid_of([0.6, 0.6], lr=0.05))
     linear = concatenate(grid_of([0.8, 0.8]), grid_of([0.6, 0.8], lr=0.05))
     summary = summarize_grid({("atten", "sigmoid"): atten, ("linear", "sigmoid"): linear})
-    assert [(c["arch"], c["lr"], c["nets"]) for c in summary["cells"]] == [
+    assert [(c.arch, c.lr, c.nets) for c in summary.cells] == [
         ("atten", 0.005, 2),
         ("atten", 0.05, 2),
         ("linear", 0.005, 2),
         ("linear", 0.05, 2),
     ]
-    assert [p["lr"] for p in summary["paired"]] == [0.005, 0.05]
+    assert [p.lr for p in summary.paired] == [0.005, 0.05]
     assert "note: each paired interval" in format_summary(summary)
 
     others = grid_of([0.8, 0.8], seeds=[7, 8])
     unpaired = summarize_grid(
         {("atten", "sigmoid"): grid_of([1.0, 0.8]), ("linear", "sigmoid"): others}
     )
-    assert unpaired["paired"] == []
+    assert unpaired.paired == ()
 
 
 def test_the_summary_counts_the_nets_that_beat_logistic_regression():
@@ -242,6 +256,6 @@ def test_the_summary_counts_the_nets_that_beat_logistic_regression():
     from jax_iris.stats import wilson_interval
 
     tests = np.array([1.0, 14 / 15, 0.8, 1.0, 13 / 15], np.float32)
-    (cell,) = summarize_grid({("linear", "sigmoid"): grid_of(tests)})["cells"]
+    (cell,) = summarize_grid({("linear", "sigmoid"): grid_of(tests)}).cells
     want = wilson_interval(2, 5)
-    assert cell["beats_logistic"] == {"share": 0.4, "low": want.low, "high": want.high}
+    assert cell.beats_logistic == (0.4, want.low, want.high)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from helpers import SHORT_EPOCHS, call, read_events
 
-from jax_iris import checkpoint
 from jax_iris.cli import train as train_command
-from jax_iris.report import TAG_ACCURACY, TAG_LOSS, tensorboard_events
+from jax_iris.io import checkpoint
+from jax_iris.report.tensorboard import TAG_ACCURACY, TAG_LOSS, tensorboard_events
 from jax_iris.train import Metrics
 
 

@@ -11,9 +11,9 @@ from helpers import SHORT_EPOCHS, assert_usage_error, call
 from tensorboard.backend.event_processing import event_multiplexer  # the test extra
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from jax_iris import checkpoint
 from jax_iris.cli import train as train_command
-from jax_iris.report import TAG_ACCURACY, TAG_LOSS, epoch_wall_times
+from jax_iris.io import checkpoint
+from jax_iris.report.tensorboard import TAG_ACCURACY, TAG_LOSS, epoch_wall_times
 
 BLOCK = 5  # --log-every: four blocks, so four measured times inside each run
 

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from helpers import SHORT_EPOCHS, leaves
 
-from jax_iris import checkpoint, registry
+from jax_iris import registry
 from jax_iris import train as train_module
 from jax_iris.config import TrainConfig
 from jax_iris.data import load_split
+from jax_iris.io import checkpoint
 from jax_iris.models import get_model, init_params
 from jax_iris.train import (
     SPLITS,

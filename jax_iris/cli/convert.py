@@ -189,11 +189,11 @@ def _closest_arch(source: Path, state_dict: Mapping[str, Any]) -> str:
 
 
 def _torch_to_jax(source: Path, target: Path, arch: str | None) -> int:
-    from jax_iris import checkpoint
     from jax_iris.config import TrainConfig
     from jax_iris.data import load_split
+    from jax_iris.io import checkpoint
     from jax_iris.pytorch.compat import params_from_state_dict
-    from jax_iris.report import format_table
+    from jax_iris.report.tables import format_table
     from jax_iris.train import evaluate, metrics_dict
 
     state_dict = _read_state_dict(source)
@@ -225,7 +225,7 @@ def _as_float32(source: Path, params: Any) -> Any:
     """
     import numpy as np
 
-    from jax_iris.checkpoint import flatten_params, unflatten_params
+    from jax_iris.io.checkpoint import flatten_params, unflatten_params
 
     flat, change = flatten_params(params), 0.0
     for name, value in flat.items():
@@ -251,7 +251,7 @@ def _as_float32(source: Path, params: Any) -> Any:
 
 
 def _jax_to_torch(source: Path, target: Path) -> int:
-    from jax_iris import checkpoint
+    from jax_iris.io import checkpoint
     from jax_iris.pytorch.compat import state_dict_from_params
 
     try:

@@ -37,8 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def body() -> int:
-        from jax_iris import checkpoint
-        from jax_iris.report import format_table
+        from jax_iris.io import checkpoint
+        from jax_iris.report.tables import format_table
         from jax_iris.train import evaluate
 
         loaded = []

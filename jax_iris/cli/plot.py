@@ -12,7 +12,7 @@ PROG = "plot.py"
 
 
 def parser() -> Parser:
-    from jax_iris.plots import DEFAULT_OUT
+    from jax_iris.report.plots import DEFAULT_OUT
 
     p = Parser(
         prog=PROG,
@@ -33,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def body() -> int:
-        from jax_iris.fileio import commit
-        from jax_iris.plots import PlotError, load_runs, require_matplotlib, run_figures
+        from jax_iris.io.fileio import commit
+        from jax_iris.report.plots import PlotError, load_runs, require_matplotlib, run_figures
 
         out_dir = check_writable_dir(args.out, "--out")
         try:

@@ -90,8 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def predict_all(paths: Sequence[str], table: Any) -> dict[str, tuple[Any, Any]]:
     """``{column label: (Net, Predictions)}``, every checkpoint loaded before any is run."""
-    from jax_iris import checkpoint
     from jax_iris.cli.evaluate import column_labels
+    from jax_iris.io import checkpoint
     from jax_iris.predict import as_net, predict
 
     nets = []

@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from jax_iris.cli.common import (
     Interrupted,
@@ -43,6 +43,9 @@ from jax_iris.cli.distributed import (
 from jax_iris.config import SweepConfig, TrainConfig
 from jax_iris.platform import default_host_devices
 from jax_iris.quote import clean, clean_path
+
+if TYPE_CHECKING:  # sweep_report imports jax; the command imports it once it has checked flags
+    from jax_iris.report.sweep_report import GridSummary
 
 PROG = "sweep.py"
 MAX_SHARDS = 100_000
@@ -203,7 +206,7 @@ def parse_shard(text: str | None, environ: Mapping[str, str]) -> Shard | None:
 
 def planned_outputs(sweep: SweepConfig, out: Path, tensorboard: bool) -> list[Path]:
     """Every path the final commit writes, known before training."""
-    from jax_iris.report import HPARAMS_EVENTS_NAME, cell_run_name
+    from jax_iris.report.tensorboard import HPARAMS_EVENTS_NAME, cell_run_name
 
     cells = len(sweep.lr) * len(sweep.weight_decay)
     paths = [out / CSV_NAME, out / JSON_NAME]
@@ -217,23 +220,21 @@ def planned_outputs(sweep: SweepConfig, out: Path, tensorboard: bool) -> list[Pa
             if tensorboard and cells > 1:
                 for lr in sweep.lr:
                     for wd in sweep.weight_decay:
-                        cell = {"arch": arch, "head": head, "lr": lr, "weight_decay": wd}
-                        paths.append(
-                            out / TENSORBOARD_DIR / cell_run_name(cell) / HPARAMS_EVENTS_NAME
-                        )
+                        run = cell_run_name(arch, head, lr, wd)
+                        paths.append(out / TENSORBOARD_DIR / run / HPARAMS_EVENTS_NAME)
     if tensorboard and cells > 1:
         paths.append(out / TENSORBOARD_DIR / HPARAMS_EVENTS_NAME)
     return paths
 
 
 def manifest_of(sweep: SweepConfig, base: TrainConfig, group: int) -> dict:
-    """What decides every number of the sweep (see ``jax_iris.store``)."""
+    """What decides every number of the sweep (see ``jax_iris.io.store``)."""
     import importlib.metadata
 
     import jax
 
+    from jax_iris.io.store import FORMAT, VERSION
     from jax_iris.platform import numeric_xla_flags
-    from jax_iris.store import FORMAT, VERSION
 
     def version(name: str) -> str:
         try:
@@ -276,10 +277,10 @@ def run_sweep(
     import numpy as np
 
     from jax_iris import distributed
-    from jax_iris.fileio import recover
+    from jax_iris.io.fileio import recover
+    from jax_iris.io.store import Store, StoreError
     from jax_iris.models import param_shapes
-    from jax_iris.progress import Progress
-    from jax_iris.store import Store, StoreError
+    from jax_iris.report.progress import Progress
     from jax_iris.sweep import plan_grid, train_chunk
     from jax_iris.train import default_group_size
 
@@ -399,7 +400,7 @@ def run_sweep(
 def check_same_sweep(manifest: dict) -> None:
     """Across processes: every one must run this sweep; one line naming the flag if not."""
     from jax_iris import distributed
-    from jax_iris.store import canonical, describe_difference, manifest_key
+    from jax_iris.io.store import canonical, describe_difference, manifest_key
 
     keys = distributed.allgather_bytes(manifest_key(manifest).encode())
     if len(set(keys)) == 1:
@@ -421,7 +422,7 @@ def check_same_sweep(manifest: dict) -> None:
 def _stored_chunks(store, plans: dict, shapes: dict, work: list) -> set:
     """The chunks already in the store; a damaged one is reported once and trained again."""
     from jax_iris.cli.common import note
-    from jax_iris.store import StoreError
+    from jax_iris.io.store import StoreError
 
     done = set()
     for run, i in work:
@@ -447,8 +448,8 @@ def _shared_set(done: set, work: list) -> set:
 def _arrays(result, shapes: dict):
     import numpy as np
 
-    from jax_iris.checkpoint import flatten_params
-    from jax_iris.store import ChunkArrays
+    from jax_iris.io.checkpoint import flatten_params
+    from jax_iris.io.store import ChunkArrays
 
     final = np.stack(
         [np.stack([np.asarray(m.loss), np.asarray(m.accuracy)], -1) for m in result.final], 1
@@ -464,7 +465,7 @@ def _arrays(result, shapes: dict):
 
 def _grid_result(plan, arrays: dict, run: tuple[str, str], shapes: dict):
 
-    from jax_iris.checkpoint import unflatten_params
+    from jax_iris.io.checkpoint import unflatten_params
     from jax_iris.sweep import result_of
     from jax_iris.train import Metrics, SplitMetrics
 
@@ -483,7 +484,7 @@ def _grid_result(plan, arrays: dict, run: tuple[str, str], shapes: dict):
 def previous_outputs(out: Path) -> list[Path]:
     """The files an earlier sweep wrote into ``out``: those its summary lists, and the
     names a sweep writes (for summaries written before they listed their files)."""
-    from jax_iris.report import HPARAMS_EVENTS_NAME
+    from jax_iris.report.tensorboard import HPARAMS_EVENTS_NAME
 
     found = [out / name for name in (CSV_NAME, JSON_NAME, PNG_NAME, *GRID_PNGS)]
     found += list(out.glob(f"*{HISTORY_SUFFIX}")) + list(out.glob(f"*{PARAMS_SUFFIX}"))
@@ -501,9 +502,9 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
     import jax
     import numpy as np
 
-    from jax_iris.checkpoint import flatten_params
-    from jax_iris.fileio import commit
-    from jax_iris.sweep_report import csv_text, format_summary, summarize_grid
+    from jax_iris.io.checkpoint import flatten_params
+    from jax_iris.io.fileio import commit
+    from jax_iris.report.sweep_report import csv_text, format_summary, summarize_grid
 
     for (arch, head), result in results.items():
         n = len(result.seeds)
@@ -516,18 +517,6 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
         if diverged:
             print(f"{arch}, {head}: {diverged} of {n} nets diverged (non-finite loss)")
     summary = summarize_grid(results)
-    summary["sweep"] = sweep.to_dict()
-    summary["run"] = {
-        "store": store.key,
-        "group_size": manifest["sweep"]["group_size"],
-        "platform": manifest["platform"],
-        "device_kind": manifest["device_kind"],
-        "devices": jax.device_count(),
-        "processes": jax.process_count(),
-        "versions": manifest["versions"],
-        "matmul_precision": manifest["train"]["matmul_precision"],
-        "xla_flags": manifest["xla_flags"],
-    }
     print()
     print(format_summary(summary))
     files = {out / CSV_NAME: csv_text(results).encode()}
@@ -544,8 +533,23 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
             # Names are parameter paths ("layer_1/k/kernel"), never savez's allow_pickle.
             np.savez(buffer, **flatten_params(result.params))  # pyright: ignore[reportArgumentType]
             files[out / f"{arch}-{head}{PARAMS_SUFFIX}"] = buffer.getvalue()
-    summary["outputs"] = sorted(str(p.relative_to(out)) for p in [*files, out / JSON_NAME])
-    files[out / JSON_NAME] = (json.dumps(summary, indent=2) + "\n").encode()
+    document = {
+        **summary.to_dict(),
+        "sweep": sweep.to_dict(),
+        "run": {
+            "store": store.key,
+            "group_size": manifest["sweep"]["group_size"],
+            "platform": manifest["platform"],
+            "device_kind": manifest["device_kind"],
+            "devices": jax.device_count(),
+            "processes": jax.process_count(),
+            "versions": manifest["versions"],
+            "matmul_precision": manifest["train"]["matmul_precision"],
+            "xla_flags": manifest["xla_flags"],
+        },
+        "outputs": sorted(str(p.relative_to(out)) for p in [*files, out / JSON_NAME]),
+    }
+    files[out / JSON_NAME] = (json.dumps(document, indent=2) + "\n").encode()
     check_targets(files, out)
     stale = [p for p in previous_outputs(out) if p not in files]
     try:
@@ -583,10 +587,10 @@ def written_summary(written: list[Path], out: Path) -> str:
     return ", ".join(shown)
 
 
-def figures(results: dict, summary: dict, out: Path) -> dict[Path, bytes]:
+def figures(results: dict, summary: GridSummary, out: Path) -> dict[Path, bytes]:
     """The PNGs: histograms for a seed sweep, heatmaps for a grid; none (with one line)
     when matplotlib is missing."""
-    from jax_iris.plots import (
+    from jax_iris.report.plots import (
         INSTALL_HINT,
         PlotError,
         grid_heatmaps,
@@ -599,23 +603,23 @@ def figures(results: dict, summary: dict, out: Path) -> dict[Path, bytes]:
     except PlotError:
         print(f"no figures: {INSTALL_HINT}")
         return {}
-    cells = {(c["lr"], c["weight_decay"]) for c in summary["cells"]}
+    cells = {(c.lr, c.weight_decay) for c in summary.cells}
     if len(cells) == 1:
         return {out / PNG_NAME: sweep_histograms(results)}
     return {out / name: png for name, png in grid_heatmaps(summary).items()}
 
 
-def hparams_files(summary: dict, out: Path) -> dict[Path, bytes]:
+def hparams_files(summary: GridSummary, out: Path) -> dict[Path, bytes]:
     """One TensorBoard run per cell under ``out/tensorboard``, the experiment at its top.
 
     The event files have a fixed name, so running the same grid again replaces them.
     """
-    from jax_iris.report import HPARAMS_EVENTS_NAME, hparams_events
+    from jax_iris.report.tensorboard import HPARAMS_EVENTS_NAME, hparams_events
 
     root = out / TENSORBOARD_DIR
     return {
         root / run / HPARAMS_EVENTS_NAME: data
-        for run, data in hparams_events(summary["cells"]).items()
+        for run, data in hparams_events(summary.cells).items()
     }
 
 

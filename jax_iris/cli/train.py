@@ -139,15 +139,10 @@ def train_and_save(
     """
     import jax
 
-    from jax_iris import checkpoint
-    from jax_iris.fileio import commit
-    from jax_iris.report import (
-        epoch_wall_times,
-        event_file_name,
-        format_table,
-        progress_line,
-        tensorboard_events,
-    )
+    from jax_iris.io import checkpoint
+    from jax_iris.io.fileio import commit
+    from jax_iris.report.tables import format_table, progress_line
+    from jax_iris.report.tensorboard import epoch_wall_times, event_file_name, tensorboard_events
     from jax_iris.train import DivergenceError, fit, metrics_dict
 
     print(f"device: {jax.devices()[0]} ({jax.default_backend()})")

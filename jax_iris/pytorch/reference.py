@@ -22,7 +22,7 @@ from sklearn.datasets import load_iris
 from torch import nn
 
 from jax_iris import registry
-from jax_iris.fileio import atomic_write
+from jax_iris.io.fileio import atomic_write
 
 LR = 0.005
 WEIGHT_DECAY = 1e-3

@@ -16,11 +16,14 @@ from __future__ import annotations
 import io
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:  # sweep_report imports jax; drawing checkpoints needs none of it
+    from jax_iris.report.sweep_report import CellSummary, GridSummary, PairedSummary
 
 DEFAULT_OUT = "plots"
 INSTALL_HINT = "matplotlib is not installed; install the plot extra: pip install 'jax-iris[plot]'"
@@ -57,7 +60,8 @@ class Run(NamedTuple):
 
 def load_runs(paths: Sequence[str | os.PathLike]) -> list[Run]:
     """One ``Run`` per checkpoint file, labelled by its net (by its path if a net repeats)."""
-    from jax_iris import checkpoint, registry
+    from jax_iris import registry
+    from jax_iris.io import checkpoint
     from jax_iris.quote import clean_path
 
     loaded = []
@@ -176,7 +180,7 @@ GRID_SUCCESS_PNG = "success.png"
 GRID_PAIRED_PNG = "paired_test_accuracy.png"
 
 
-def grid_heatmaps(summary: Mapping[str, Any]) -> dict[str, bytes]:
+def grid_heatmaps(summary: GridSummary) -> dict[str, bytes]:
     """The grid at a glance: {file name: PNG bytes}, from ``sweep_report.summarize_grid``.
 
     ``success.png``: one panel per (head, arch), the success rate of every
@@ -187,22 +191,26 @@ def grid_heatmaps(summary: Mapping[str, Any]) -> dict[str, bytes]:
     interval excludes 0. The blog's (lr, weight decay), when in the grid, is outlined.
     """
     figures = {GRID_SUCCESS_PNG: _success_heatmap(summary)}
-    if summary["paired"]:
+    if summary.paired:
         figures[GRID_PAIRED_PNG] = _paired_heatmap(summary)
     return figures
 
 
-def _grid_axes(entries: Sequence[Mapping[str, Any]]) -> tuple[list[float], list[float]]:
-    lrs = sorted({e["lr"] for e in entries})
-    wds = sorted({e["weight_decay"] for e in entries})
+# A panel's entry: a cell of one (arch, head), or a paired cell of one (a, b, head).
+Entry = TypeVar("Entry", "CellSummary", "PairedSummary")
+
+
+def _grid_axes(entries: Sequence[CellSummary | PairedSummary]) -> tuple[list[float], list[float]]:
+    lrs = sorted({e.lr for e in entries})
+    wds = sorted({e.weight_decay for e in entries})
     return lrs, wds
 
 
 def _heatmap_panel(
     ax: Any,
-    entries: Sequence[Mapping[str, Any]],
-    value: Any,
-    label: Any,
+    entries: Sequence[Entry],
+    value: Callable[[Entry], float],
+    label: Callable[[Entry], tuple[str, str]],
     axes: tuple[list[float], list[float]],
     **imshow: Any,
 ) -> Any:
@@ -212,10 +220,10 @@ def _heatmap_panel(
     lrs, wds = axes
     grid = np.full((len(wds), len(lrs)), np.nan)
     for e in entries:
-        grid[wds.index(e["weight_decay"]), lrs.index(e["lr"])] = value(e)
+        grid[wds.index(e.weight_decay), lrs.index(e.lr)] = value(e)
     image = ax.imshow(grid, origin="lower", aspect="auto", **imshow)
     for e in entries:
-        x, y = lrs.index(e["lr"]), wds.index(e["weight_decay"])
+        x, y = lrs.index(e.lr), wds.index(e.weight_decay)
         r, g, b, _ = image.cmap(image.norm(value(e)))
         colour = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
         main, detail = label(e)
@@ -259,59 +267,56 @@ def _outline(x: int, y: int) -> Any:
     return Rectangle((x - 0.48, y - 0.48), 0.96, 0.96, fill=False, edgecolor="black", linewidth=2.5)
 
 
-def _success_heatmap(summary: Mapping[str, Any]) -> bytes:
-    cells = summary["cells"]
+def _success_heatmap(summary: GridSummary) -> bytes:
+    cells = summary.cells
     axes = _grid_axes(cells)
-    heads = list(dict.fromkeys(c["head"] for c in cells))
-    archs = list(dict.fromkeys(c["arch"] for c in cells))
+    heads = list(dict.fromkeys(c.head for c in cells))
+    archs = list(dict.fromkeys(c.arch for c in cells))
     fig = _grid_figure(axes, len(heads), len(archs))
     image = None
     for row, head in enumerate(heads):
         for col, arch in enumerate(archs):
             ax = fig.add_subplot(len(heads), len(archs), row * len(archs) + col + 1)
-            entries = [c for c in cells if c["arch"] == arch and c["head"] == head]
+            entries = [c for c in cells if c.arch == arch and c.head == head]
             image = _heatmap_panel(
                 ax,
                 entries,
-                lambda c: c["success"]["rate"],
-                lambda c: (
-                    f"{c['success']['rate']:.0%}",
-                    f"{c['success']['low']:.0%}-{c['success']['high']:.0%}",
-                ),
+                lambda c: c.success.rate,
+                lambda c: (f"{c.success.rate:.0%}", f"{c.success.low:.0%}-{c.success.high:.0%}"),
                 axes,
                 cmap="viridis",
                 vmin=0.0,
                 vmax=1.0,
             )
             ax.set_title(f"{arch}, {head} head")
-    threshold = summary["success_threshold"]
+    threshold = summary.success_threshold
     fig.colorbar(image, ax=fig.axes, label=f"success rate (train accuracy >= {threshold})")
     _suptitle(
         fig,
-        f"Share of nets reaching train accuracy >= {threshold}, {cells[0]['nets']} seeds a cell",
+        f"Share of nets reaching train accuracy >= {threshold}, {cells[0].nets} seeds a cell",
         "(95% Wilson interval below each rate; outlined: the blog's lr and weight decay)",
     )
     return png_bytes(fig)
 
 
-def _paired_heatmap(summary: Mapping[str, Any]) -> bytes:
-    paired = summary["paired"]
+def _paired_heatmap(summary: GridSummary) -> bytes:
+    paired = summary.paired
     axes = _grid_axes(paired)
-    panels = list(dict.fromkeys((p["a"], p["b"], p["head"]) for p in paired))
-    limit = max(abs(p[k]) for p in paired for k in ("mean_difference", "low", "high"))
+    panels = list(dict.fromkeys((p.a, p.b, p.head) for p in paired))
+    limit = max(abs(v) for p in paired for v in (p.mean_difference, p.low, p.high))
     limit = max(limit, 0.01)
     fig = _grid_figure(axes, 1, len(panels))
     image = None
     for i, (a, b, head) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        entries = [p for p in paired if (p["a"], p["b"], p["head"]) == (a, b, head)]
+        entries = [p for p in paired if (p.a, p.b, p.head) == (a, b, head)]
         image = _heatmap_panel(
             ax,
             entries,
-            lambda p: p["mean_difference"],
+            lambda p: p.mean_difference,
             lambda p: (
-                f"{p['mean_difference']:+.3f}" + ("*" if p["low"] > 0 or p["high"] < 0 else ""),
-                f"[{p['low']:+.3f}, {p['high']:+.3f}]",
+                f"{p.mean_difference:+.3f}" + ("*" if p.low > 0 or p.high < 0 else ""),
+                f"[{p.low:+.3f}, {p.high:+.3f}]",
             ),
             axes,
             cmap="RdBu",
@@ -322,8 +327,8 @@ def _paired_heatmap(summary: Mapping[str, Any]) -> bytes:
     fig.colorbar(image, ax=fig.axes, label="mean difference in test accuracy")
     _suptitle(
         fig,
-        f"Paired test accuracy, {paired[0]['a']} minus {paired[0]['b']} on the same"
-        f" {paired[0]['n']} seeds a cell: mean [95% bootstrap interval]",
+        f"Paired test accuracy, {paired[0].a} minus {paired[0].b} on the same"
+        f" {paired[0].n} seeds a cell: mean [95% bootstrap interval]",
         "* interval excludes 0 (one test per cell: expect about 1 in 20 by chance);"
         " outlined: the blog's lr and weight decay",
     )

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from jax_iris.fileio import atomic_write_bytes
+from jax_iris.io.fileio import atomic_write_bytes
 from jax_iris.quote import clean_path, quote
 
 FORMAT = "jax_iris.sweep-store"

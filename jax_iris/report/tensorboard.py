@@ -1,4 +1,4 @@
-"""What a run shows: progress lines, the blog's evaluation table, TensorBoard scalars.
+"""What TensorBoard shows of runs: a run's scalars and HParams, a grid's HParams.
 
 A training run's TensorBoard events (``tensorboard_events``) carry each epoch's loss
 and accuracy at the time that epoch ended, the run's config as HParams (a session
@@ -17,55 +17,19 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from jax_iris import registry
+from jax_iris.report.tables import METRIC_LABELS, SPLIT_LABELS, Table
 
-SPLIT_LABELS = {"train": "Train_Data", "val": "Val_Data", "test": "Test_Data"}
-METRIC_LABELS = {"loss": "Loss", "accuracy": "Accuracy"}
+if TYPE_CHECKING:  # sweep_report imports jax; a run's events need none of it
+    from jax_iris.report.sweep_report import CellSummary
+
 TAG_LOSS = "train/loss"
 TAG_ACCURACY = "train/accuracy"
 FINAL_TAG = "final/{split}_{metric}"  # the final table, one scalar per cell
 FILE_VERSION = "brain.Event:2"
-
-Table = Any  # a SplitMetrics of floats: table.train.loss, ...
-
-
-def progress_line(arch: str, epoch: int, epochs: int, loss: float, accuracy: float) -> str:
-    width = len(str(epochs))
-    return (
-        f"{arch:>6}  epoch {epoch:>{width}}/{epochs}"
-        f"  train_loss {loss:.4f}  train_acc {accuracy:.4f}"
-    )
-
-
-def format_table(tables: Mapping[str, Table]) -> str:
-    """The blog's final table: rows Loss and Accuracy x Train / Val / Test, a column per net.
-
-    ``tables`` maps a column name (an arch, or any label) to ``evaluate``'s result. A
-    value of ``None`` (a baseline's loss) is shown as ``-``.
-    """
-    columns = [registry.label(name) for name in tables]
-    widths = [max(len(c), 6) for c in columns]
-    header = f"{'metric':<9}{'split':<11}" + "".join(
-        f"{c:>{w + 2}}" for c, w in zip(columns, widths)
-    )
-    lines = [header, "-" * len(header)]
-    for metric, metric_label in METRIC_LABELS.items():
-        for i, (split, split_label) in enumerate(SPLIT_LABELS.items()):
-            first = metric_label if i == 0 else ""
-            cells = "".join(
-                _cell(getattr(getattr(table, split), metric), w + 2)
-                for table, w in zip(tables.values(), widths)
-            )
-            lines.append(f"{first:<9}{split_label:<11}{cells}")
-    return "\n".join(lines)
-
-
-def _cell(value: float | None, width: int) -> str:
-    return f"{'-':>{width}}" if value is None else f"{value:>{width}.4f}"
 
 
 def _tensorboardx() -> tuple[type, type]:
@@ -213,38 +177,37 @@ HPARAMS_METRICS = {  # tag -> its description in the experiment summary
 HPARAMS_EVENTS_NAME = "events.out.tfevents.grid"  # fixed, so a rerun replaces, never doubles
 
 
-def cell_run_name(cell: Mapping[str, Any]) -> str:
+def cell_run_name(arch: str, head: str, lr: float, weight_decay: float) -> str:
     """A cell's TensorBoard run: ``<arch>_<head>_lr<lr>_wd<weight decay>``, each value the
     shortest decimal of its float32 (distinct cells, distinct runs)."""
-    import numpy as np
-
-    lr, wd = (str(np.float32(cell[name])) for name in ("lr", "weight_decay"))
-    return f"{cell['arch']}_{cell['head']}_lr{lr}_wd{wd}"
+    return f"{arch}_{head}_lr{str(np.float32(lr))}_wd{str(np.float32(weight_decay))}"
 
 
-def cell_hparams(cell: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: cell[name] for name in HPARAMS}
+def cell_hparams(cell: CellSummary) -> dict[str, Any]:
+    """The cell's ``HPARAMS``, named as TensorBoard shows them (its field names)."""
+    return {name: getattr(cell, name) for name in HPARAMS}
 
 
-def cell_metrics(cell: Mapping[str, Any]) -> dict[str, float]:
+def cell_metrics(cell: CellSummary) -> dict[str, float]:
     """The scalars a cell's run logs, from ``sweep_report.summarize_grid``'s cell."""
     return {
-        "cell/success_rate": cell["success"]["rate"],
-        **{f"cell/{split}_accuracy": cell["accuracy"][split]["mean"] for split in SPLIT_LABELS},
+        "cell/success_rate": cell.success.rate,
+        **{f"cell/{split}_accuracy": getattr(cell.accuracy, split).mean for split in SPLIT_LABELS},
     }
 
 
-def hparams_events(cells: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
+def hparams_events(cells: Sequence[CellSummary]) -> dict[str, bytes]:
     """A grid as TensorBoard HParams runs: {run name: one event file's bytes}.
 
-    ``cells`` are ``summarize_grid(...)["cells"]``. Each cell becomes the run
-    ``cell_run_name(cell)``: its hyperparameters (tensorboardX ``hparams``' session
-    start and end, status success) and the ``HPARAMS_METRICS`` scalars at step
-    ``epochs``. The run ``""`` (the log folder itself) holds the one experiment
-    summary: every hyperparameter with its discrete domain (the values of the grid),
-    so the dashboard can filter and sort, and every metric. TensorBoard reads the
-    experiment from whichever run carries it and expects just one, so the cell runs
-    carry none. As ``tensorboard_events``, nothing is written where the caller sees it.
+    ``cells`` are ``summarize_grid(...).cells``. Each cell becomes the run
+    ``cell_run_name`` of its arch, head, lr and weight decay: its hyperparameters
+    (tensorboardX ``hparams``' session start and end, status success) and the
+    ``HPARAMS_METRICS`` scalars at step ``epochs``. The run ``""`` (the log folder
+    itself) holds the one experiment summary: every hyperparameter with its discrete
+    domain (the values of the grid), so the dashboard can filter and sort, and every
+    metric. TensorBoard reads the experiment from whichever run carries it and expects
+    just one, so the cell runs carry none. As ``tensorboard_events``, nothing is
+    written where the caller sees it.
     """
     FileWriter, Summary = _tensorboardx()
     with _torch_hidden():
@@ -257,13 +220,14 @@ def hparams_events(cells: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
         scalars = Summary(
             value=[Summary.Value(tag=tag, simple_value=value) for tag, value in metrics.items()]
         )
-        files[cell_run_name(cell)] = _summaries_bytes(
-            FileWriter, [(start, 0), (scalars, cell["epochs"]), (end, cell["epochs"])]
+        name = cell_run_name(cell.arch, cell.head, cell.lr, cell.weight_decay)
+        files[name] = _summaries_bytes(
+            FileWriter, [(start, 0), (scalars, cell.epochs), (end, cell.epochs)]
         )
     return files
 
 
-def _experiment(cells: Sequence[Mapping[str, Any]], Summary: type) -> Any:
+def _experiment(cells: Sequence[CellSummary], Summary: type) -> Any:
     """tensorboardX's experiment summary, with the grid's values as each domain."""
     from google.protobuf.struct_pb2 import ListValue
     from tensorboardX.proto.api_pb2 import DataType, Experiment, HParamInfo, MetricInfo, MetricName  # pyright: ignore[reportAttributeAccessIssue]
@@ -272,7 +236,7 @@ def _experiment(cells: Sequence[Mapping[str, Any]], Summary: type) -> Any:
 
     infos = []
     for name in HPARAMS:
-        values = list(dict.fromkeys(cell[name] for cell in cells))
+        values = list(dict.fromkeys(getattr(cell, name) for cell in cells))
         is_text = all(isinstance(v, str) for v in values)
         domain = ListValue()
         domain.extend(values if is_text else sorted(float(v) for v in values))

@@ -34,7 +34,7 @@ import numpy as np
 
 from jax_iris import models, registry
 from jax_iris.config import TrainConfig
-from jax_iris.fileio import atomic_write_bytes
+from jax_iris.io.fileio import atomic_write_bytes
 from jax_iris.quote import clean, clean_path, quote
 
 FORMAT = "jax_iris.checkpoint"

@@ -95,7 +95,7 @@ for section in "${sections[@]}"; do
         timed fused_bench "$python" benchmarks/fused_bench.py
         ;;
     fuzz) # docs/troubleshooting.md: signals at random moments
-        JAX_IRIS_FUZZ_TRIES=3 timed fuzz "$python" -m pytest -q -p no:cacheprovider \
+        JAX_IRIS_FUZZ_TRIES=3 timed fuzz "$python" -m pytest -q -s -p no:cacheprovider \
             tests/test_signal_fuzz.py
         ;;
     *)

@@ -188,7 +188,9 @@ def enable_compilation_cache() -> None:
     optimisation, so its problems cost at most one line on stderr and never the run:
     a folder that cannot be written turns the cache off; empty entries (left by a
     full disk) are removed first; an entry JAX then fails to read or write is
-    reported once, and an unreadable one is removed so that the next run is clean.
+    reported once, and after an unreadable one the cache's entries are removed so that the
+    next run is clean (public JAX only: which entry failed and how JAX encodes entries are
+    JAX's internals).
     """
     import jax
 
@@ -222,19 +224,6 @@ def _drop_cache_entries(folder: Path, keep: Callable[[Path], bool]) -> None:
                 entry.with_name(f"{key}-atime").unlink(missing_ok=True)
 
 
-def _decompresses(entry: Path) -> bool:
-    """Whether JAX can decompress a cache entry (a partly written one cannot be)."""
-    try:
-        from jax._src.compilation_cache import decompress_executable
-    except ImportError:  # JAX moved it: keep every entry
-        return True
-    try:
-        decompress_executable(entry.read_bytes())
-    except Exception:
-        return False
-    return True
-
-
 def _cache_warnings_once(folder: Path) -> None:
     """JAX warns once per program about a cache entry it cannot read or write (a full
     disk, a truncated entry): say it in one line, once, and let the run go on."""
@@ -250,7 +239,9 @@ def _cache_warnings_once(folder: Path) -> None:
         if not said:
             said = True
             if text.startswith(_CACHE_WARNINGS[0]):
-                _drop_cache_entries(folder, keep=_decompresses)
+                # JAX names the program, not the entry, and its format is its own:
+                # every entry goes, and the next run compiles afresh once.
+                _drop_cache_entries(folder, keep=lambda entry: False)
             problem = text.split("': ", 1)[-1]
             note(
                 f"compilation cache problem in {quote(str(folder), 120)} ({problem});"

@@ -11,10 +11,11 @@
   setting on a platform, kept to those this jaxlib accepts (XLA aborts the process on
   a flag it does not know), added to ``XLA_FLAGS`` before the backend starts, never
   overriding a flag the user set.
-- ``use_default_xla_flags()``: the one place they are set, called when ``jax_iris`` is
-  imported: every command, every script and every Python user who imports ``jax_iris``
-  before running anything in JAX trains under the same flags, so a net's numbers do
-  not depend on how it was started. ``numeric_xla_flags()`` is what a sweep records.
+- ``use_default_xla_flags()``: the one place they are set, called when
+  ``jax_iris.models`` is imported (every module that trains imports it): every command,
+  every script and every Python user who imports it before running anything in JAX
+  trains under the same flags, so a net's numbers do not depend on how it was started.
+  ``numeric_xla_flags()`` is what a sweep records.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ ACCELERATORS = ("gpu", "cuda", "rocm", "tpu")  # names jax.default_backend() and
 CPU_GROUP_SIZE = 8
 ACCELERATOR_GROUP_SIZE = 1024
 MAX_HOST_DEVICES = 1024
-# Measured on XLA:CPU (jax 0.10.2, 2 cores): the fused sweep of 1000 attention nets x 1000
-# epochs takes 11.0 s with them against 14.5 s without (39 kernels an epoch against 49).
+# Measured on XLA:CPU (jax 0.10.2, 2 cores, benchmarks/fused_bench.py): the fused sweep of
+# 1000 attention nets x 1000 epochs takes 10.55 s with them against 13.95 s without (39
+# kernels an epoch against 49).
 # They change float32 rounding (softmax sums, max), so they are set for every user alike.
 CPU_XLA_FLAGS = (
     "--xla_cpu_experimental_ynn_fusion_type=-reduce",

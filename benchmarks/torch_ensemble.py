@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing as mp
+import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -37,6 +39,7 @@ SEARCH_CHUNKS = (16, 32, 64, 128, 256)
 SEARCH_LAYOUTS = ((1, 1), (1, 2), (2, 1))  # (processes, threads per process)
 WARMUP_EPOCHS = 3
 BARRIER_SECONDS = 900  # a worker that dies while compiling breaks the barrier
+ORPHAN_POLL_SECONDS = 0.5  # how often a worker checks that the process that spawned it lives
 
 Tensors = list[torch.Tensor]  # [w1, b1, w2, b2, w3, b3]: w [N, in, out], b [N, 1, out]
 
@@ -236,7 +239,20 @@ def train_chunk(
     return losses.T, correct.T
 
 
-def _worker(rank: int, args: tuple, threads: int, barrier, queue) -> None:
+def _exit_when_orphaned(parent: int) -> None:
+    """End this worker once ``parent`` is gone (killed, or stopped by a signal it does not
+    forward): its results have no one to go to, and it would hold the cores for minutes."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker(rank: int, args: tuple, threads: int, barrier, queue, parent: int) -> None:
+    _exit_when_orphaned(parent)
     torch.set_num_threads(threads)
     method, arch, head, lr, wd, epochs, chunks, x, y = args
     chunks = [[torch.from_numpy(a) for a in c] for c in chunks]
@@ -284,7 +300,11 @@ def train_ensemble(
         share = chunks[rank * per_worker : (rank + 1) * per_worker]
         args = (method, arch, head, lr, weight_decay, epochs, share, x, y.astype(np.int64))
         procs.append(
-            ctx.Process(target=_worker, args=(rank, args, setting.threads, barrier, queue))
+            ctx.Process(
+                target=_worker,
+                args=(rank, args, setting.threads, barrier, queue, os.getpid()),
+                daemon=True,
+            )
         )
         procs[-1].start()
     barrier.wait()

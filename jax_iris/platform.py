@@ -45,6 +45,8 @@ CPU_XLA_FLAGS = (
 OPT_OUT_VARIABLE = "JAX_IRIS_XLA_FLAGS"  # "none": leave XLA_FLAGS as it is
 PROBE_TIMEOUT_S = 120
 PROBE_CACHE_NAME = "xla-flags.json"  # {"<jaxlib version> <flags>": accepted}
+# A jax.config option that JAX refuses to change once a backend runs (see _backends_started).
+PROBE_OPTION = "jax_cpu_get_local_topology_timeout_minutes"
 
 
 def check_platform(platform: str) -> str:
@@ -132,13 +134,31 @@ def numeric_xla_flags() -> list[str]:
 
 
 def _backends_started() -> bool:
+    """Whether JAX has started a backend in this process (XLA has read ``XLA_FLAGS``).
+
+    JAX has no public question for this that does not start one: ``jax.extend.backend``
+    and ``jax.config`` offer none, in jax 0.8.1 as in 0.10.2, and its own answer is private
+    (``jax._src.xla_bridge.backends_are_initialized``). What it does make public is the
+    rule that some ``jax.config`` options must be set before the backends start:
+    ``jax.config.update`` refuses a new value for them with RuntimeError once one runs.
+    Asking that of ``PROBE_OPTION`` answers without private names, and a value that was
+    taken is set back at once. That option is read only while a multi-process CPU
+    backend gathers its topology, so even a backend that another thread starts between
+    the two updates is not changed by it. ``tests/test_platform.py`` pins both answers.
+    """
     if "jax" not in sys.modules:
         return False
+    import jax
+
     try:
-        from jax._src import xla_bridge
-    except ImportError:  # pragma: no cover - JAX moved it: assume not yet
+        value = getattr(jax.config, PROBE_OPTION)
+        jax.config.update(PROBE_OPTION, value + 1)
+    except RuntimeError:
+        return True
+    except AttributeError:  # pragma: no cover - a JAX without the option: assume not yet
         return False
-    return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
+    jax.config.update(PROBE_OPTION, value)
+    return False
 
 
 def _probe(flags: Sequence[str]) -> bool:

@@ -8,6 +8,9 @@ a class: read them as a ranking, not as calibrated confidences.
 Rows go through the net in blocks of ``ROWS_PER_CALL`` (the last block padded with
 zeros; each row is computed independently of the others), so one program per
 (arch, head, dtype) serves any number of rows.
+
+This module reads no files: a checkpoint is loaded where files are read,
+``predict(jax_iris.io.checkpoint.load(path), rows)``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ import numpy as np
 
 from jax_iris import registry
 from jax_iris.data import NUM_CLASSES, NUM_FEATURES
-from jax_iris.io import checkpoint
 from jax_iris.models import Params, get_model, param_shapes
 from jax_iris.rows import SPECIES
 
@@ -43,24 +45,32 @@ class Net(NamedTuple):
     params: Params
 
 
-def as_net(params_or_checkpoint: Any, arch: str | None = None, head: str = "sigmoid") -> Net:
-    """A ``Net`` from a checkpoint path, a loaded ``Checkpoint``, or bare params.
+def as_net(net: Any, arch: str | None = None, head: str = "sigmoid") -> Net:
+    """A ``Net`` from a ``Net``, a loaded checkpoint, or bare params.
 
-    Bare params (``{"params": {...}}``) need the ``head`` they were trained with; the
-    arch is read from the parameter shapes unless given.
+    A loaded checkpoint is anything with ``arch``, ``params`` and ``config.head``, as
+    ``jax_iris.io.checkpoint.load(path)`` returns. Bare params (``{"params": {...}}``)
+    need the ``head`` they were trained with; the arch is read from the parameter shapes
+    unless given.
 
     Raises:
-        checkpoint.CheckpointError: a path that is not a valid checkpoint.
+        TypeError: a file name (load the checkpoint first).
         ValueError: bare params that match no registered arch.
     """
-    if isinstance(params_or_checkpoint, (str, os.PathLike)):
-        params_or_checkpoint = checkpoint.load(params_or_checkpoint)
-    if isinstance(params_or_checkpoint, checkpoint.Checkpoint):
-        ckpt = params_or_checkpoint
-        return Net(ckpt.arch, ckpt.config.head, ckpt.params)
-    params = params_or_checkpoint
+    if isinstance(net, Net):
+        return net
+    if isinstance(net, (str, os.PathLike)):
+        raise TypeError(
+            "predict takes a net, not a file name: load the checkpoint first,"
+            " predict(jax_iris.io.checkpoint.load(path), rows)"
+        )
+    if all(hasattr(net, name) for name in ("arch", "params", "config")):
+        return Net(net.arch, net.config.head, net.params)
+    params = net
     if arch is None:
-        shapes = {k: v.shape for k, v in checkpoint.flatten_params(params).items()}
+        tree = params.get("params", params) if isinstance(params, dict) else params
+        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+        shapes = {"/".join(str(k.key) for k in path): np.shape(leaf) for path, leaf in flat}
         matches = [name for name in registry.ARCHS if param_shapes(name) == shapes]
         if len(matches) != 1:
             found = "no registered arch" if not matches else f"archs {', '.join(matches)}"
@@ -70,23 +80,20 @@ def as_net(params_or_checkpoint: Any, arch: str | None = None, head: str = "sigm
     return Net(arch, head, params)
 
 
-def predict(
-    params_or_checkpoint: Any, rows: Any, *, arch: str | None = None, head: str = "sigmoid"
-) -> Predictions:
+def predict(net: Any, rows: Any, *, arch: str | None = None, head: str = "sigmoid") -> Predictions:
     """Species, class and class probabilities for each of ``rows`` [n, 4] (cm, iris order).
 
-    ``params_or_checkpoint`` is a checkpoint path, a ``checkpoint.Checkpoint``, a ``Net``
-    or bare params (then ``arch`` is inferred from their shapes and ``head`` says how
-    they were trained). Probabilities are ``softmax(outputs)``: see the module docstring
-    for what that means with the sigmoid head.
+    ``net`` is a ``Net``, a loaded checkpoint (``jax_iris.io.checkpoint.load(path)``) or
+    bare params (then ``arch`` is inferred from their shapes and ``head`` says how they
+    were trained): see ``as_net``. Probabilities are ``softmax(outputs)``: see the module
+    docstring for what that means with the sigmoid head.
 
     Raises:
+        TypeError: a file name instead of a net.
         ValueError: rows not of shape [n, 4].
         FloatingPointError: the net gives a non-finite output (a diverged net).
     """
-    net = params_or_checkpoint
-    if not isinstance(net, Net):
-        net = as_net(params_or_checkpoint, arch, head)
+    net = as_net(net, arch, head)
     params = jax.tree_util.tree_map(jnp.asarray, net.params)
     dtype = jax.tree_util.tree_leaves(params)[0].dtype
     x = np.asarray(rows, dtype)

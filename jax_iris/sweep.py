@@ -245,18 +245,12 @@ def _train_chunk(
             )
         local.append((j, jax.device_get((table, curve, state.params if params else None))))
     local.sort(key=lambda item: item[0])
-    parts = _gather([part for _, part in local])
-    whole = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:count], *parts)
-    return ChunkResult(*whole)
+    whole = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs), *(part for _, part in local))
+    if jax.process_count() > 1:  # every device's part, in jax.devices() order, everywhere
+        from jax_iris.distributed import allgather
 
-
-def _gather(parts: list) -> list:
-    """Every device's part, in ``jax.devices()`` order, on every process."""
-    if jax.process_count() == 1:
-        return parts
-    from jax_iris.distributed import gather_parts
-
-    return gather_parts(parts)
+        whole = allgather(whole, tiled=True)
+    return ChunkResult(*jax.tree_util.tree_map(lambda a: a[:count], whole))
 
 
 def result_of(plan: GridPlan, chunks: Sequence[ChunkResult]) -> GridResult:

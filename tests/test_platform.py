@@ -152,3 +152,22 @@ def test_importing_the_nets_sets_the_flags_once_and_only_before_jax_runs(
     )
     assert done.returncode == 0, done.stderr[-500:]
     assert done.stdout.split() == sorted(expected)
+
+
+@pytest.mark.subprocess
+def test_asking_whether_jax_runs_starts_nothing_and_changes_no_option():
+    """The question is put through ``jax.config`` alone: before and after a backend starts."""
+    code = (
+        "import jax; from jax_iris import platform as p; option = p.PROBE_OPTION;"
+        " before = getattr(jax.config, option); idle = p._backends_started();"
+        " still_idle = p._backends_started(); jax.devices(); running = p._backends_started();"
+        " print(idle, still_idle, running, getattr(jax.config, option) == before)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.split() == ["False", "False", "True", "True"], done.stderr[-500:]

@@ -87,17 +87,22 @@ def test_predict_compiles_once_for_any_number_of_rows(trained):
     np.testing.assert_array_equal(many.classes[:15], many.classes[-15:])
 
 
-def test_predict_takes_a_path_a_checkpoint_or_bare_params(tmp_path):
+def test_predict_takes_a_loaded_checkpoint_a_net_or_bare_params(tmp_path):
+    """A file is loaded where files are read (jax_iris.io); predict refuses a file name."""
     path = save_untrained(tmp_path / "linear.pkl", "linear")
     ckpt = checkpoint.load(path)
     x = load_split().val.x
-    by_path = predict.predict(path, x)
-    for other in (ckpt, ckpt.params):  # bare params: the arch is read from the shapes
+    by_checkpoint = predict.predict(ckpt, x)
+    net = predict.Net("linear", "sigmoid", ckpt.params)
+    for other in (net, ckpt.params):  # bare params: the arch is read from the shapes
         np.testing.assert_array_equal(
-            predict.predict(other, x).probabilities, by_path.probabilities
+            predict.predict(other, x).probabilities, by_checkpoint.probabilities
         )
     logits = predict.predict(ckpt.params, x, head="logits")
-    assert not np.allclose(logits.probabilities, by_path.probabilities)
+    assert not np.allclose(logits.probabilities, by_checkpoint.probabilities)
+    for name in (path, str(path)):
+        with pytest.raises(TypeError, match=r"not a file name.*checkpoint\.load\(path\)"):
+            predict.predict(name, x)
     with pytest.raises(ValueError, match=r"rows must be \[n, 4\], got shape \(15, 3\)"):
         predict.predict(ckpt, x[:, :3])
 
@@ -106,7 +111,7 @@ def test_predict_takes_a_path_a_checkpoint_or_bare_params(tmp_path):
 
 
 def predictions_of(path: Path, text_rows: list[str]) -> predict.Predictions:
-    return predict.predict(path, rows.from_arguments(text_rows))
+    return predict.predict(checkpoint.load(path), rows.from_arguments(text_rows))
 
 
 def test_rows_as_arguments_print_a_table(trained, capsys):
@@ -143,7 +148,7 @@ def test_csv_file_with_a_header_in_any_order(trained, tmp_path, capsys):
     outcome = call(predict_cli.main, [trained["atten"], "--input", path, "--format", "csv"], capsys)
     assert (outcome.code, outcome.err) == (0, "")
     got = list(csv.DictReader(io.StringIO(outcome.out)))
-    expected = predict.predict(trained["atten"], split.x)
+    expected = predict.predict(checkpoint.load(trained["atten"]), split.x)
     assert len(got) == len(split.x)
     for i, line in enumerate(got):
         assert [float(line[name]) for name in rows.FEATURES] == pytest.approx(split.x[i].tolist())

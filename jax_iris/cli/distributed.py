@@ -1,17 +1,13 @@
-"""Running a command as several processes: the flags, their checks, and a supervisor.
+"""Running a command as several processes: the flags, their checks, and a watching parent.
 
-``--coordinator HOST:PORT --num-processes N --process-id I`` on every process (or
-nothing, under SLURM or Open MPI) joins them with ``jax.distributed``. Mistakes are
-one line and exit 2 before jax is imported.
-
-When the JAX runtime gives up (a peer died, the coordinator never answered) it
-ends the process itself with SIGABRT and a page of C++ log, which no Python
-handler can catch. So a process of a distributed run forks: the child does the
-work with the runtime's own output (C-level stdout and stderr) sent to a pipe,
-while Python's ``sys.stdout``/``sys.stderr`` keep the terminal; the parent waits
-and, if the runtime ended the child, says why in one line (the log goes to a file
-named in that line). A child whose parent is killed kills itself, so the others
-see it die.
+``--coordinator HOST:PORT --num-processes N --process-id I`` on every process (or none,
+under SLURM or Open MPI) joins them with ``jax.distributed``; a mistake is one line, exit 2,
+before jax is imported. When the JAX runtime gives up (a peer died, no coordinator) it ends
+the process with SIGABRT and a page of C++ log, past any Python handler. So the work runs in
+a forked child whose C-level output goes to a log file (Python's ``sys.stdout`` and
+``sys.stderr`` keep the terminal); the parent says in one line why the runtime ended it, and
+the child dies with its parent. The sweep's store keeps every finished chunk, so a process
+ended anywhere loses only the chunk it was training: nothing needs stopping gracefully.
 """
 
 from __future__ import annotations
@@ -27,33 +23,25 @@ import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
-from jax_iris.cli.common import EXIT_USAGE, UsageError, one_line, run_main
-from jax_iris.distributed import (
-    CONNECT_TIMEOUT_S,
-    HEARTBEAT_TIMEOUT_S,
-    DistributedError,
-    detect_cluster,
-)
+from jax_iris import distributed
+from jax_iris.cli.common import EXIT_USAGE, UsageError, one_line, prog_name, run_main
 from jax_iris.quote import clean, clean_path
 
-# What a sweep keeps when a peer dies: the results store holds every finished chunk.
-KEPT = (
+KEPT = (  # what a sweep keeps when it stops early: the store holds every finished chunk
     "no outputs were written; finished chunks are kept in the store under --out, run the"
     " same command again to resume"
 )
 EXIT_LOST = 1  # the run stopped because another process died or stopped answering
-MAX_PROCESSES = 100_000
 MAX_CONNECT_TIMEOUT_S = 3600
 # Measured here: a process that cannot reach the coordinator stops about 6 s after
 # --connect-timeout (the runtime's last connection attempt), 1.5 s of it importing jax.
 CONNECT_SLACK_S = 10
 # After a peer dies: a process in a collective fails at once (closed connection); one
-# computing learns it from the coordinator's heartbeat check, within HEARTBEAT_TIMEOUT_S
+# computing learns it from the coordinator's heartbeat check within its heartbeat timeout
 # and its polling (measured here: the timeout plus under 1 s).
 LOST_SLACK_S = 5
-_LOG_KEEP = 1 << 20  # bytes of the runtime's log kept for a failure report
 # How the runtime ends a process: abort() after a fatal log line; a crash when the
 # coordinator cannot listen (measured: SIGSEGV for a port in use).
 _RUNTIME_ENDINGS = (signal.SIGABRT, signal.SIGSEGV)
@@ -68,51 +56,37 @@ class Plan(NamedTuple):
     timeout: int  # seconds to wait for every process to connect
     source: str  # "flags", "SLURM" or "Open MPI"
 
-    @property
-    def where(self) -> str:
-        """The coordinator's address for a message."""
-        return clean(self.coordinator, 120) if self.coordinator else f"{self.source}'s address"
-
 
 def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
     """``--coordinator``, ``--num-processes``, ``--process-id``, ``--connect-timeout``."""
+    lost_s = distributed.HEARTBEAT_TIMEOUT_S + LOST_SLACK_S
     group = parser.add_argument_group(
         "several processes (jax.distributed)",
-        "Run one job as N processes, e.g. one per machine: every process gets the same"
-        " command with its own --process-id; under SLURM (srun) or Open MPI (mpirun) give"
-        " none of the three, JAX reads them from the launcher. Process 0 hosts the"
-        " coordinator and alone writes --out. A process that cannot reach the coordinator"
-        f" stops within --connect-timeout + {CONNECT_SLACK_S} s (exit 2); once running,"
-        " if one process dies the others stop within"
-        f" {HEARTBEAT_TIMEOUT_S + LOST_SLACK_S} s (exit {EXIT_LOST}), one line each,"
-        " no outputs written (a sweep keeps its finished chunks: rerun to resume).",
+        "Run one job as N processes (e.g. one per machine), each given the same command and"
+        " its own --process-id, or none of the three under SLURM (srun) or Open MPI (mpirun)."
+        " Process 0 hosts the coordinator and alone writes --out. Without a coordinator a"
+        f" process stops within --connect-timeout + {CONNECT_SLACK_S} s (exit 2); if one dies"
+        f" the others stop within {lost_s} s (exit {EXIT_LOST}). Rerun to resume.",
     )
     group.add_argument(
         "--coordinator",
         metavar="HOST:PORT",
         help="address of process 0, which listens on PORT (every process gives the same)",
     )
-    group.add_argument(
-        "--num-processes", type=int, metavar="N", help="how many processes take part"
-    )
-    group.add_argument(
-        "--process-id", type=int, metavar="I", help="this process's number, 0 to N-1"
-    )
+    group.add_argument("--num-processes", type=int, metavar="N", help="how many processes")
+    group.add_argument("--process-id", type=int, metavar="I", help="this one's number, 0 to N-1")
     group.add_argument(
         "--connect-timeout",
         type=int,
-        default=CONNECT_TIMEOUT_S,
+        default=distributed.CONNECT_TIMEOUT_S,
         metavar="SECONDS",
         help="how long to wait for every process to connect (default: %(default)s)",
     )
 
 
 def check_distributed_args(args: argparse.Namespace) -> Plan | None:
-    """The plan for this process, or None for a single process; a bad flag -> UsageError.
-
-    Checks the flags, that HOST resolves, and (on process 0) that PORT is free,
-    without importing jax.
-    """
+    """The plan for this process, or None for a single process; a bad flag (or, on process
+    0, a PORT in use) -> UsageError. Imports no jax."""
     timeout = args.connect_timeout
     if not 1 <= timeout <= MAX_CONNECT_TIMEOUT_S:
         raise UsageError(
@@ -126,8 +100,8 @@ def check_distributed_args(args: argparse.Namespace) -> Plan | None:
     given = [flag for flag, value in flags.items() if value is not None]
     if not given:
         try:
-            env = detect_cluster()
-        except DistributedError as err:
+            env = distributed.detect_cluster()
+        except distributed.DistributedError as err:
             raise UsageError(str(err)) from None
         if env is None or env.num_processes <= 1:
             return None
@@ -140,24 +114,17 @@ def check_distributed_args(args: argparse.Namespace) -> Plan | None:
             " under SLURM or Open MPI)"
         )
     n, i = args.num_processes, args.process_id
-    if not 1 <= n <= MAX_PROCESSES:
-        raise UsageError(f"--num-processes must be from 1 to {MAX_PROCESSES:,}, got {n}")
+    if n < 1:
+        raise UsageError(f"--num-processes must be at least 1, got {n}")
     if not 0 <= i < n:
         raise UsageError(
             f"--process-id must be from 0 to {n - 1} with --num-processes {n}, got {i}"
         )
-    host, port = parse_coordinator(args.coordinator)
+    port = parse_coordinator(args.coordinator)[1]
     if n == 1:
         return None
     if not hasattr(os, "fork"):
         raise UsageError("running as several processes needs a POSIX system (os.fork)")
-    try:
-        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as err:
-        raise UsageError(
-            f"cannot resolve the host of --coordinator {clean(args.coordinator, 120)}"
-            f" ({err.strerror or err})"
-        ) from None
     if i == 0:
         check_port_free(port)
     return Plan(args.coordinator, n, i, timeout, "flags")
@@ -166,14 +133,8 @@ def check_distributed_args(args: argparse.Namespace) -> Plan | None:
 def parse_coordinator(text: str) -> tuple[str, int]:
     """``HOST:PORT`` (``[v6 address]:PORT`` for IPv6) -> (host, port)."""
     host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if (
-        not sep
-        or not host
-        or not (port.isascii() and port.isdigit())
-        or not 1 <= int(port) <= 65535
-    ):
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not (sep and host and port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise UsageError(
             f"--coordinator must be HOST:PORT with PORT from 1 to 65535"
             f" (e.g. 10.0.0.1:12345), got {clean(text, 120)!r}"
@@ -185,89 +146,68 @@ def parse_coordinator(text: str) -> tuple[str, int]:
 
 def check_port_free(port: int) -> None:
     """Process 0's coordinator listens on PORT on every interface: is it free here?"""
-    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
-        try:
-            probe = socket.socket(family, socket.SOCK_STREAM)
-        except OSError:
-            continue  # no IPv6 here: try IPv4
-        try:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((address, port))
-            return
-        except OSError as err:
-            raise UsageError(
-                f"process 0 cannot listen on port {port} ({err.strerror or err}); choose"
-                " another --coordinator port"
-            ) from None
-        finally:
-            probe.close()
+    dual = socket.has_dualstack_ipv6()  # as JAX's coordinator binds it: [::]:PORT
+    try:
+        socket.create_server(
+            ("", port), family=socket.AF_INET6 if dual else socket.AF_INET, dualstack_ipv6=dual
+        ).close()
+    except OSError as err:
+        raise UsageError(
+            f"process 0 cannot listen on port {port} ({os.strerror(err.errno or 0)}); choose"
+            " another --coordinator port"
+        ) from None
 
 
 def run_distributed(prog: str, plan: Plan | None, work: Callable[[], int]) -> int:
-    """``work()`` in this process, or, for a distributed plan, in a supervised child
-    that first joins the others; returns the exit code."""
+    """``work()`` in this process, or, for a distributed plan, in a child that first joins
+    the others, watched by this process; returns the exit code."""
     if plan is None:
         return work()
-    return _supervise(prog, plan, work)
-
-
-def followers_stop(out: Path) -> bool:
-    """After training, in a distributed run: every process but 0 prints where process 0
-    writes the results and returns True (skip writing). A collective: all must call it."""
-    from jax_iris import distributed
-
-    count = distributed.process_count()
-    if count == 1:
-        return False
-    where = distributed.broadcast_text(f"{socket.gethostname()}:{clean_path(out.resolve())}")
-    if distributed.is_leader():
-        return False
-    print(
-        f"process {distributed.process_index()} of {count}: done; process 0 writes the"
-        f" results to {where}"
-    )
-    return True
-
-
-def _supervise(prog: str, plan: Plan, work: Callable[[], int]) -> int:
-    lifeline_r, lifeline_w = os.pipe()  # closes when the parent dies, however it dies
-    status_r, status_w = os.pipe()  # the child writes b"J" once it has joined
-    log_r, log_w = os.pipe()  # the runtime's C-level output
+    prog = prog_name(prog)
+    log_fd, log = tempfile.mkstemp(prefix=f"jax_iris_process{plan.process_id}_", suffix=".log")
+    # The child sends b"J" once it has joined; its end reads EOF once the parent is gone.
+    ours, theirs = socket.socketpair()
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (runs in the child; the tests see it from outside)
         try:
-            os.close(lifeline_w)
-            os.close(status_r)
-            os.close(log_r)
-            _child(prog, plan, work, lifeline_r, status_w, log_w)
+            ours.close()
+            _child(prog, plan, work, theirs, log_fd)
         except BaseException:  # a bug: show it, and never return into the parent's code
             traceback.print_exc()
         finally:
             os._exit(EXIT_LOST)
-    for fd in (lifeline_r, status_w, log_w):
-        os.close(fd)
-    log = bytearray()
-    reader = threading.Thread(target=_drain, args=(log_r, log), daemon=True)
-    reader.start()
-    previous = {
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),  # the child has the tty
-        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda sig, _: _forward(pid, sig)),
-    }
+    os.close(log_fd)
+    theirs.close()
+    sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the child has the terminal
+    sigterm = signal.signal(signal.SIGTERM, lambda sig, _: _forward(pid, sig))
     try:
-        _, status = os.waitpid(pid, 0)
+        status = os.waitpid(pid, 0)[1]
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-        os.close(lifeline_w)
-    reader.join(timeout=5)
-    joined = os.read(status_r, 1) == b"J"
-    os.close(status_r)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if sigint is None else sigint)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if sigterm is None else sigterm)
+    joined = False
+    with ours, contextlib.suppress(BlockingIOError):
+        joined = ours.recv(1, socket.MSG_DONTWAIT) == b"J"
     code = os.waitstatus_to_exitcode(status)
     if code >= 0:
+        Path(log).unlink(missing_ok=True)
         return code
-    return _report(prog, plan, -code, joined, bytes(log))
+    return _report(prog, plan, -code, joined, log)
+
+
+def followers_stop(out: Path) -> bool:
+    """After training, in a distributed run: every process but 0 prints where process 0
+    writes the results and returns True (skip writing). A collective: all must call it."""
+    import jax
+
+    where = distributed.allgather_text(f"{socket.gethostname()}:{clean_path(out.resolve())}")[0]
+    if jax.process_index() == 0:
+        return False
+    me = f"process {jax.process_index()} of {jax.process_count()}"
+    print(f"{me}: done; process 0 writes the results to {where}")
+    return True
 
 
 def _forward(pid: int, sig: int) -> None:
@@ -276,132 +216,65 @@ def _forward(pid: int, sig: int) -> None:
 
 
 def _child(
-    prog: str, plan: Plan, work: Callable[[], int], lifeline: int, status: int, log: int
-) -> None:  # pragma: no cover
-    """Join, work, leave; never returns. Python output keeps the terminal, C output the pipe."""
-    out = os.fdopen(os.dup(1), "w", buffering=1, errors="backslashreplace")
-    err = os.fdopen(os.dup(2), "w", buffering=1, errors="backslashreplace")
+    prog: str, plan: Plan, work: Callable[[], int], parent: socket.socket, log: int
+) -> NoReturn:  # pragma: no cover
+    """Join, work, leave; never returns. Python output keeps the terminal, C output the log."""
+    sys.stdout = os.fdopen(os.dup(1), "w", buffering=1, errors="backslashreplace")
+    sys.stderr = os.fdopen(os.dup(2), "w", buffering=1, errors="backslashreplace")
     os.dup2(log, 1)
     os.dup2(log, 2)
     os.close(log)
-    sys.stdout, sys.stderr = out, err
-    threading.Thread(target=_die_with_parent, args=(lifeline,), daemon=True).start()
-    lost = False
+    threading.Thread(target=_die_with_parent, args=(parent,), daemon=True).start()
 
     def body() -> int:
-        nonlocal lost
-        from jax_iris import distributed
-
+        given = plan.coordinator is not None  # else JAX reads all three from the launcher
         try:
             distributed.initialize(
                 plan.coordinator,
-                plan.num_processes if plan.coordinator else None,
-                plan.process_id if plan.coordinator else None,
+                plan.num_processes if given else None,
+                plan.process_id if given else None,
                 plan.timeout,
             )
-        except DistributedError as error:
+        except distributed.DistributedError as error:
             raise UsageError(str(error)) from None
-        os.write(status, b"J")
-        import jax
-
+        parent.send(b"J")
         try:
             return work()
-        except (DistributedError, jax.errors.JaxRuntimeError) as error:
-            lost = True
-            text = str(error) if isinstance(error, DistributedError) else _lost(plan, error)
-            print(f"{prog}: error: {one_line(text)}; {KEPT}", file=sys.stderr)
+        except distributed.DistributedError as error:  # a collective found a peer gone
+            print(f"{prog}: error: {one_line(str(error))}; {KEPT}", file=sys.stderr)
             return EXIT_LOST
 
     code = run_main(prog, body)
-    if code in (0, EXIT_USAGE) and not lost:
-        from jax_iris import distributed
+    if code in (0, EXIT_USAGE):  # the others end too: wait for them (a no-op if not joined)
+        import jax
 
-        distributed.shutdown()  # waits for the others (a no-op if it never joined)
+        jax.distributed.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-def _lost(plan: Plan, error: BaseException) -> str:
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
-    return (
-        f"process {plan.process_id} of {plan.num_processes} lost contact with another"
-        f" process ({first})"
-    )
-
-
-def _die_with_parent(lifeline: int) -> None:  # pragma: no cover
-    while True:
-        try:
-            if os.read(lifeline, 1) == b"":
-                break
-        except InterruptedError:
-            continue
-        except OSError:
-            break
+def _die_with_parent(parent: socket.socket) -> None:  # pragma: no cover
+    with contextlib.suppress(OSError):
+        while parent.recv(1):  # the parent sends nothing: b"" once it is gone
+            pass
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _drain(fd: int, into: bytearray) -> None:
-    with os.fdopen(fd, "rb", buffering=0) as pipe:
-        while chunk := pipe.read(65536):
-            into += chunk
-            del into[:-_LOG_KEEP]
-
-
-def _report(prog: str, plan: Plan, signum: int, joined: bool, log: bytes) -> int:
+def _report(prog: str, plan: Plan, signum: int, joined: bool, log: str) -> int:
     """One line on stderr for a child that the runtime (or a signal) ended; the exit code."""
-    saved = _save_log(plan, log) if log else None
-    tail = f" (JAX runtime log: {clean_path(saved)})" if saved else ""
     me = f"process {plan.process_id} of {plan.num_processes}"
+    where = clean(plan.coordinator, 120) if plan.coordinator else f"{plan.source}'s address"
     if signum not in _RUNTIME_ENDINGS:
-        name = signal.Signals(signum).name if signum in signal.valid_signals() else signum
-        code, text = 128 + signum, f"{me} was stopped by signal {name}"
+        code, text = 128 + signum, f"{me} was stopped by signal {signum}; {KEPT}"
     elif joined:
-        code, text = (
-            EXIT_LOST,
-            (f"{me} stopped: another process died or stopped answering ({_reason(log)}); {KEPT}"),
-        )
-    elif plan.process_id == 0:
-        code, text = (
-            EXIT_USAGE,
-            (
-                f"{me}: the coordinator at {plan.where} did not start, or not every process"
-                f" connected within {plan.timeout} s; start all {plan.num_processes} with the"
-                " same --coordinator and --num-processes (or raise --connect-timeout)"
-            ),
-        )
+        code, text = EXIT_LOST, f"{me} stopped: another process died or stopped answering; {KEPT}"
     else:
-        code, text = (
-            EXIT_USAGE,
-            (
-                f"cannot reach the coordinator at {plan.where} within {plan.timeout} s; is"
-                " process 0 running, with the same --num-processes and --coordinator?"
-            ),
+        code = EXIT_USAGE
+        text = (
+            f"cannot reach the coordinator at {where}, or not all {plan.num_processes} processes"
+            f" connected within {plan.timeout} s; start every process with the same --coordinator"
+            " and --num-processes (or raise --connect-timeout)"
         )
-    print(f"{prog}: error: {one_line(text + tail)}", file=sys.stderr, flush=True)
+    print(f"{prog}: error: {one_line(text)} (JAX runtime log: {clean_path(log)})", file=sys.stderr)
     return code
-
-
-def _reason(log: bytes) -> str:
-    text = log.decode("utf-8", "replace")
-    for needle, reason in (
-        ("heartbeat timeout", "its heartbeats stopped"),
-        ("stopped sending heartbeats", "its heartbeats stopped"),
-        ("Socket closed", "the coordinator's connection closed"),
-        ("Connection closed by peer", "a connection closed"),
-        ("Shutdown barrier has failed", "the others did not reach the end"),
-    ):
-        if needle in text:
-            return reason
-    return "the runtime ended this process"
-
-
-def _save_log(plan: Plan, log: bytes) -> Path | None:
-    try:
-        fd, name = tempfile.mkstemp(prefix=f"jax_iris_process{plan.process_id}_", suffix=".log")
-        with os.fdopen(fd, "wb") as f:
-            f.write(log)
-    except OSError:
-        return None
-    return Path(name)

@@ -276,7 +276,6 @@ def run_sweep(
     import jax
     import numpy as np
 
-    from jax_iris import distributed
     from jax_iris.io.fileio import recover
     from jax_iris.io.store import Store, StoreError
     from jax_iris.models import param_shapes
@@ -287,8 +286,8 @@ def run_sweep(
     group = sweep.group_size or default_group_size()
     manifest = manifest_of(sweep, base, group)
     store = Store(out, manifest)
-    leader = distributed.process_index() == 0
-    if distributed.process_count() > 1:
+    leader = jax.process_index() == 0
+    if jax.process_count() > 1:
         check_same_sweep(manifest)
     seeds = np.arange(sweep.seeds)
     runs = [(arch, head) for arch in sweep.arch for head in sweep.head]
@@ -312,7 +311,7 @@ def run_sweep(
             store.check_others(fresh)
             store.open()
         done = _stored_chunks(store, plans, shapes, work) if leader else set()
-        if distributed.process_count() > 1:
+        if jax.process_count() > 1:
             done = _shared_set(done, work)
     except StoreError as err:
         raise UsageError(str(err)) from None
@@ -364,7 +363,7 @@ def run_sweep(
             f"{kept} of {len(work)} chunks are kept in {clean_path(store.folder)}; run the same"
             " command again to resume"
         ) from None
-    if distributed.process_count() > 1 and followers_stop(out):
+    if jax.process_count() > 1 and followers_stop(out):
         return 0  # process 0 alone wrote the chunks and writes the outputs
     with store.lock():
         try:
@@ -399,14 +398,16 @@ def run_sweep(
 
 def check_same_sweep(manifest: dict) -> None:
     """Across processes: every one must run this sweep; one line naming the flag if not."""
-    from jax_iris import distributed
+    import jax
+
+    from jax_iris.distributed import allgather_text
     from jax_iris.io.store import canonical, describe_difference, manifest_key
 
-    keys = distributed.allgather_bytes(manifest_key(manifest).encode())
+    keys = allgather_text(manifest_key(manifest), 64)
     if len(set(keys)) == 1:
         return
-    leader = json.loads(distributed.broadcast_text(canonical(manifest).decode(), 1 << 20))
-    me = distributed.process_index()
+    leader = json.loads(allgather_text(canonical(manifest).decode(), 1 << 20)[0])
+    me = jax.process_index()
     differing = [i for i, key in enumerate(keys) if key != keys[0]]
     raise UsageError(
         f"process {me} of {len(keys)}: the processes were given different sweeps"
@@ -438,10 +439,10 @@ def _stored_chunks(store, plans: dict, shapes: dict, work: list) -> set:
 
 def _shared_set(done: set, work: list) -> set:
     """Process 0's set of stored chunks, on every process."""
-    from jax_iris import distributed
+    from jax_iris.distributed import allgather_text
 
     bits = "".join("1" if item in done else "0" for item in work)
-    bits = distributed.broadcast_text(bits, max(len(work), 1))
+    bits = allgather_text(bits, max(len(work), 1))[0]
     return {item for item, bit in zip(work, bits) if bit == "1"}
 
 

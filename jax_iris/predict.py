@@ -23,7 +23,7 @@ import numpy as np
 from jax_iris import registry
 from jax_iris.data import NUM_CLASSES, NUM_FEATURES
 from jax_iris.io import checkpoint
-from jax_iris.models import Params, get_model, param_shapes
+from jax_iris.models import Params, flatten_params, get_model, param_shapes
 from jax_iris.rows import SPECIES
 
 ROWS_PER_CALL = 1024
@@ -60,7 +60,7 @@ def as_net(params_or_checkpoint: Any, arch: str | None = None, head: str = "sigm
         return Net(ckpt.arch, ckpt.config.head, ckpt.params)
     params = params_or_checkpoint
     if arch is None:
-        shapes = {k: v.shape for k, v in checkpoint.flatten_params(params).items()}
+        shapes = {k: v.shape for k, v in flatten_params(params).items()}
         matches = [name for name in registry.ARCHS if param_shapes(name) == shapes]
         if len(matches) != 1:
             found = "no registered arch" if not matches else f"archs {', '.join(matches)}"

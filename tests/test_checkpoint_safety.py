@@ -25,7 +25,7 @@ import pytest
 
 from jax_iris.io import checkpoint
 from jax_iris.io.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError
-from jax_iris.models import param_shapes
+from jax_iris.models import flatten_params, param_shapes, unflatten_params
 from jax_iris.quote import clean, clean_path, quote
 from jax_iris.train import TrainConfig
 
@@ -65,7 +65,7 @@ def reset_peak():
         return False
 
 def check(loaded):
-    flat = checkpoint.flatten_params(loaded.params)
+    flat = models.flatten_params(loaded.params)
     shapes = {name: value.shape for name, value in flat.items()}
     assert shapes == models.param_shapes(loaded.arch), shapes
     assert all(v.dtype.name in ("float32", "float64") for v in flat.values())
@@ -142,12 +142,12 @@ def _params(arch: str, seed: int = 0) -> dict:
         name: rng.standard_normal(shape).astype(np.float32)
         for name, shape in param_shapes(arch).items()
     }
-    return checkpoint.unflatten_params(flat)
+    return unflatten_params(flat)
 
 
 @functools.cache
 def _valid_bytes() -> bytes:
-    flat = checkpoint.flatten_params(_params("atten"))
+    flat = flatten_params(_params("atten"))
     records = {
         k: {"dtype": "<f4", "shape": list(v.shape), "data": v.tobytes()} for k, v in flat.items()
     }

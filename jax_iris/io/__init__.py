@@ -7,6 +7,6 @@
 
 These modules import the core ones (config, models, registry, quote). Of the modules
 outside io, only the commands, ``report.plots``, ``predict`` (it loads a checkpoint given
-as a path) and ``pytorch`` (``flatten_params``, ``atomic_write``) import them back.
+as a path) and ``pytorch.reference`` (``atomic_write``) import them back.
 Importing this package imports none of them.
 """

@@ -29,7 +29,6 @@ import stat
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
 from jax_iris import models, registry
@@ -101,24 +100,6 @@ def _known_archs() -> tuple[str, ...]:
     return tuple(registry.ARCHS)
 
 
-def flatten_params(params: models.Params) -> dict[str, np.ndarray]:
-    """``{"params": {"layer_1": {"k": {"kernel": a}}}}`` -> ``{"layer_1/k/kernel": a}``."""
-    tree = params.get("params", params) if isinstance(params, dict) else params
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(k.key) for k in path): np.asarray(leaf) for path, leaf in flat}
-
-
-def unflatten_params(flat: dict[str, np.ndarray]) -> models.Params:
-    tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split("/")
-        node = tree
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return {"params": tree}
-
-
 def encode(
     params: models.Params,
     *,
@@ -138,7 +119,7 @@ def encode(
         },
         "metrics": None if metrics is None else _plain_metrics(metrics),
         "history": records,
-        "params": {k: _array(v) for k, v in flatten_params(params).items()},
+        "params": {k: _array(v) for k, v in models.flatten_params(params).items()},
     }
     try:
         _check(payload)
@@ -440,7 +421,9 @@ def _from_payload(payload: Any) -> Checkpoint:
             "the history holds an accuracy outside [0, 1] or a negative loss;"
             " a training run never records those, so this file is damaged"
         )
-    return Checkpoint(config.arch, unflatten_params(params), config, payload["metrics"], history)
+    return Checkpoint(
+        config.arch, models.unflatten_params(params), config, payload["metrics"], history
+    )
 
 
 def _rebuild(record: dict[str, Any]) -> np.ndarray:

@@ -7,7 +7,8 @@ maps onto them mechanically (see ``jax_iris.pytorch.compat``):
 - ``LinearNet``: ``layer_1``, ``layer_2``, ``layer_3``
 
 Each dense layer holds ``kernel`` [in, out] (torch's ``weight`` transposed) and
-``bias`` [out].
+``bias`` [out]. ``param_shapes`` names every leaf by its path (``layer_1/k/kernel``);
+``flatten_params`` and ``unflatten_params`` turn a params tree into that flat dict and back.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _platform.use_default_xla_flags()
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 from jax_iris import registry  # noqa: E402
 from jax_iris.data import NUM_CLASSES, NUM_FEATURES  # noqa: E402
@@ -202,5 +204,27 @@ def _param_shapes(spec: registry.ArchSpec) -> dict[str, tuple[int, ...]]:
     # Cached on the registry entry, not the name: a name registered again gets its own.
     # The key is made inside the traced function: nothing is compiled or run.
     shapes = jax.eval_shape(lambda: init_params(spec.name, jax.random.key(0)))
-    flat = jax.tree_util.tree_flatten_with_path(shapes["params"])[0]
-    return {"/".join(k.key for k in path): leaf.shape for path, leaf in flat}
+    return {name: leaf.shape for name, leaf in _leaves_by_name(shapes).items()}
+
+
+def flatten_params(params: Params) -> dict[str, np.ndarray]:
+    """``{"params": {"layer_1": {"k": {"kernel": a}}}}`` -> ``{"layer_1/k/kernel": a}``."""
+    return {name: np.asarray(leaf) for name, leaf in _leaves_by_name(params).items()}
+
+
+def unflatten_params(flat: dict[str, np.ndarray]) -> Params:
+    """``{"layer_1/k/kernel": a}`` -> ``{"params": {"layer_1": {"k": {"kernel": a}}}}``."""
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split("/")
+        node = tree
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return {"params": tree}
+
+
+def _leaves_by_name(params: Params) -> dict[str, Any]:
+    tree = params.get("params", params) if isinstance(params, dict) else params
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(k.key) for k in path): leaf for path, leaf in flat}

@@ -25,7 +25,7 @@ import numpy as np
 
 from jax_iris import registry
 from jax_iris.data import NUM_CLASSES, NUM_FEATURES
-from jax_iris.models import Params, get_model, param_shapes
+from jax_iris.models import Params, flatten_params, get_model, param_shapes
 from jax_iris.rows import SPECIES
 
 ROWS_PER_CALL = 1024
@@ -68,9 +68,7 @@ def as_net(net: Any, arch: str | None = None, head: str = "sigmoid") -> Net:
         return Net(net.arch, net.config.head, net.params)
     params = net
     if arch is None:
-        tree = params.get("params", params) if isinstance(params, dict) else params
-        flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-        shapes = {"/".join(str(k.key) for k in path): np.shape(leaf) for path, leaf in flat}
+        shapes = {k: v.shape for k, v in flatten_params(params).items()}
         matches = [name for name in registry.ARCHS if param_shapes(name) == shapes]
         if len(matches) != 1:
             found = "no registered arch" if not matches else f"archs {', '.join(matches)}"

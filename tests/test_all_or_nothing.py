@@ -34,6 +34,7 @@ from jax_iris.cli import common, convert, evaluate, plot, sweep, train
 from jax_iris.cli.common import NOTHING_WRITTEN, OUTPUTS_WRITTEN
 from jax_iris.io import checkpoint, fileio
 from jax_iris.io.store import STORE_DIR
+from jax_iris.models import flatten_params
 from jax_iris.quote import clean_path, quote
 from jax_iris.report import plots, tensorboard
 
@@ -459,7 +460,7 @@ def test_convert_is_exact_where_it_can_be(workdir, capsys, kind, note):
     else:
         assert err == ""
     assert "wrote out.pkl (atten net, from in.pth)" in out
-    params = checkpoint.flatten_params(checkpoint.load(workdir / "out.pkl").params)
+    params = flatten_params(checkpoint.load(workdir / "out.pkl").params)
     weight = state_dict["linear.weight"]
     expected = (weight.to_dense() if kind == "sparse" else weight).float().numpy().T
     assert params["linear/kernel"].dtype == np.float32

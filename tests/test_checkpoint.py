@@ -14,7 +14,7 @@ import pytest
 
 from jax_iris.io import checkpoint
 from jax_iris.io.checkpoint import CheckpointError
-from jax_iris.models import init_params, param_shapes
+from jax_iris.models import flatten_params, init_params, param_shapes, unflatten_params
 from jax_iris.train import TrainConfig
 
 BUILTIN_TYPES = (dict, list, str, int, float, bool, type(None), bytes)
@@ -80,9 +80,9 @@ def test_float64_signed_zero_subnormal_and_big_endian_round_trip_bit_exact(tmp_p
     # pattern survives, the sign of zero and a subnormal included
     flat["layer_3/bias"] = np.array([5e-324, -0.0, np.nextafter(1.0, 2.0)], np.float64)
     path = checkpoint.save(
-        tmp_path / "l.pkl", checkpoint.unflatten_params(flat), config=TrainConfig(arch="linear")
+        tmp_path / "l.pkl", unflatten_params(flat), config=TrainConfig(arch="linear")
     )
-    got = checkpoint.flatten_params(checkpoint.load(path).params)
+    got = flatten_params(checkpoint.load(path).params)
     for name, value in flat.items():
         assert got[name].dtype == np.float64 and got[name].shape == value.shape
         assert got[name].tobytes() == value.astype("<f8").tobytes()
@@ -244,5 +244,5 @@ def test_load_copes_with_both_archs_and_no_optional_fields(tmp_path):
         params = init_params(arch, jax.random.key(2))
         loaded = checkpoint.load(_save(tmp_path / f"{arch}.pkl", params, arch=arch))
         assert (loaded.arch, loaded.metrics, loaded.history) == (arch, None, None)
-        shapes = {k: v.shape for k, v in checkpoint.flatten_params(loaded.params).items()}
+        shapes = {k: v.shape for k, v in flatten_params(loaded.params).items()}
         assert shapes == param_shapes(arch)

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jax_iris.io import checkpoint
+from jax_iris.io import checkpoint, safe_pickle
 from jax_iris.io.checkpoint import MAX_CHECKPOINT_BYTES, CheckpointError
-from jax_iris.models import param_shapes
+from jax_iris.models import flatten_params, param_shapes, unflatten_params
 from jax_iris.quote import clean, clean_path, quote
 from jax_iris.train import TrainConfig
 
@@ -41,10 +41,10 @@ FUZZ_BATCH = 1000  # files per child: one start-up (~2 s) per batch keeps the fu
 CHILD = r"""
 import json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-from jax_iris import models
+from jax_iris import models, registry
 from jax_iris.io import checkpoint
 from jax_iris.train import TrainConfig
-for arch in checkpoint._known_archs():
+for arch in registry.ARCHS:
     models.param_shapes(arch)
 
 def vm():
@@ -65,7 +65,7 @@ def reset_peak():
         return False
 
 def check(loaded):
-    flat = checkpoint.flatten_params(loaded.params)
+    flat = models.flatten_params(loaded.params)
     shapes = {name: value.shape for name, value in flat.items()}
     assert shapes == models.param_shapes(loaded.arch), shapes
     assert all(v.dtype.name in ("float32", "float64") for v in flat.values())
@@ -142,12 +142,12 @@ def _params(arch: str, seed: int = 0) -> dict:
         name: rng.standard_normal(shape).astype(np.float32)
         for name, shape in param_shapes(arch).items()
     }
-    return checkpoint.unflatten_params(flat)
+    return unflatten_params(flat)
 
 
 @functools.cache
 def _valid_bytes() -> bytes:
-    flat = checkpoint.flatten_params(_params("atten"))
+    flat = flatten_params(_params("atten"))
     records = {
         k: {"dtype": "<f4", "shape": list(v.shape), "data": v.tobytes()} for k, v in flat.items()
     }
@@ -468,7 +468,7 @@ def test_v1_is_refused_with_how_to_get_a_new_file(tmp_path):
     with pytest.raises(CheckpointError) as info:
         checkpoint.load(path)
     assert str(info.value) == (
-        f"{path}: format version 1 (numpy objects inside), no longer read: retrain "
+        f"{path}: format version 1, no longer read: retrain "
         "(python scripts/train.py --arch ARCH) or convert a .pth "
         "(python scripts/convert.py model.pth ARCH.pkl) to get a version 2 file"
     )
@@ -494,7 +494,7 @@ def test_opcode_scan_and_loader_agree_on_valid_files(tmp_path):
         history={"loss": np.ones(2), "accuracy": np.zeros(2)},
     )
     ops = [op.name for op, _, _ in pickletools.genops(path.read_bytes())]
-    assert len(ops) < checkpoint.MAX_PICKLE_OPCODES // 100
+    assert len(ops) < safe_pickle.MAX_OPCODES // 100
     loaded = checkpoint.load(path)
     assert loaded.metrics == {"train": {"loss": 1.0, "accuracy": 0.5}, "val": None}
     assert loaded.history["loss"].dtype == np.float64

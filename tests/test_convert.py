@@ -17,7 +17,7 @@ from jax_iris.cli import convert as convert_command
 from jax_iris.config import TrainConfig
 from jax_iris.data import load_split
 from jax_iris.io import checkpoint
-from jax_iris.models import get_model, init_params
+from jax_iris.models import flatten_params, get_model, init_params, unflatten_params
 from jax_iris.pytorch import reference as tr
 from jax_iris.pytorch.compat import (
     infer_arch,
@@ -64,7 +64,7 @@ def test_round_trip_is_exact_and_keeps_dtype(arch, dtype):
     state_dict = state_dict_from_params(arch, params)
     assert all(v.dtype == dtype for v in state_dict.values())
     back = params_from_state_dict(arch, state_dict)
-    flat, flat_back = checkpoint.flatten_params(params), checkpoint.flatten_params(back)
+    flat, flat_back = flatten_params(params), flatten_params(back)
     assert flat.keys() == flat_back.keys()
     for name in flat:
         np.testing.assert_array_equal(flat_back[name], flat[name])
@@ -98,12 +98,12 @@ def test_params_from_state_dict_names_every_problem():
 
 
 def test_state_dict_from_params_names_every_problem():
-    flat = checkpoint.flatten_params(init_params("linear", jax.random.key(0)))
+    flat = flatten_params(init_params("linear", jax.random.key(0)))
     del flat["layer_3/bias"]
     flat["layer_1/kernel"] = flat["layer_1/kernel"].T
     flat["layer_4/kernel"] = np.zeros((20, 3), np.float32)
     with pytest.raises(ValueError) as info:
-        state_dict_from_params("linear", checkpoint.unflatten_params(flat))
+        state_dict_from_params("linear", unflatten_params(flat))
     message = str(info.value)
     assert "missing layer_3/bias" in message
     assert "unexpected layer_4/kernel" in message
@@ -177,5 +177,5 @@ def test_arch_flag_and_force_replace_an_existing_file(tmp_path, capsys):
     loaded = checkpoint.load(out)
     assert loaded.arch == "linear"
     expected = params_from_state_dict("linear", tr.numpy_state_dict(tr.build("linear", seed=1)))
-    for name, value in checkpoint.flatten_params(expected).items():
-        np.testing.assert_array_equal(checkpoint.flatten_params(loaded.params)[name], value)
+    for name, value in flatten_params(expected).items():
+        np.testing.assert_array_equal(flatten_params(loaded.params)[name], value)

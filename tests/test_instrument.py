@@ -18,6 +18,7 @@ from helpers import SHORT_EPOCHS, call, leaves, run_python, run_script
 
 from jax_iris.config import TrainConfig
 from jax_iris.io import checkpoint
+from jax_iris.models import flatten_params
 from jax_iris.sweep import train_grid
 from jax_iris.train import fit
 
@@ -147,7 +148,7 @@ def test_train_script_gives_the_sweeps_params_and_row(tmp_path):
     argv = ["--arch", "atten", "--seeds", "5", *flags, "--keep-params", "--out", tmp_path / "s"]
     assert sweep_main([str(a) for a in argv]) == 0
     with np.load(tmp_path / "s" / "atten-sigmoid-params.npz", allow_pickle=False) as kept:
-        flat = checkpoint.flatten_params(trained.params)
+        flat = flatten_params(trained.params)
         assert sorted(kept.files) == sorted(flat)
         for name, value in flat.items():
             assert kept[name][2].tobytes() == np.asarray(value).tobytes(), name

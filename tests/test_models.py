@@ -11,9 +11,11 @@ from jax_iris.models import (
     AttentionNet,
     ElementwiseAttention,
     TorchDense,
+    flatten_params,
     get_model,
     init_params,
     param_shapes,
+    unflatten_params,
 )
 from jax_iris.registry import blog_archs
 
@@ -44,6 +46,19 @@ EXPECTED_SHAPES = {
 @pytest.mark.parametrize("arch", blog_archs())
 def test_parameter_names_and_shapes(arch):
     assert param_shapes(arch) == EXPECTED_SHAPES[arch]
+
+
+@pytest.mark.parametrize("arch", blog_archs())
+def test_flatten_names_leaves_by_path_and_unflatten_restores_the_tree(arch):
+    params = init(arch, jax.random.key(0))
+    flat = flatten_params(params)
+    assert {k: v.shape for k, v in flat.items()} == EXPECTED_SHAPES[arch]
+    assert all(type(v) is np.ndarray for v in flat.values())
+    back = unflatten_params(flat)
+    assert jax.tree_util.tree_structure(back) == jax.tree_util.tree_structure(params)
+    for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(back)):
+        assert np.asarray(a).tobytes() == b.tobytes()
+    assert flatten_params(params["params"]).keys() == flat.keys()  # the inner tree alone too
 
 
 @pytest.mark.parametrize("arch", blog_archs())

@@ -391,9 +391,9 @@ def _odd_checkpoint(path: Path, kind: str) -> Path:
     import jax
 
     from jax_iris.config import TrainConfig
-    from jax_iris.models import init_params
+    from jax_iris.models import flatten_params, init_params, unflatten_params
 
-    params = checkpoint.flatten_params(init_params("atten", jax.random.key(0)))
+    params = flatten_params(init_params("atten", jax.random.key(0)))
     history = None
     first = next(iter(params))
     if kind == "extreme-history":
@@ -406,9 +406,7 @@ def _odd_checkpoint(path: Path, kind: str) -> Path:
     elif kind == "nan":
         params[first] = np.full_like(params[first], np.nan)
     config = TrainConfig(arch="atten", epochs=2)
-    return checkpoint.save(
-        path, checkpoint.unflatten_params(params), config=config, history=history
-    )
+    return checkpoint.save(path, unflatten_params(params), config=config, history=history)
 
 
 @pytest.mark.parametrize(

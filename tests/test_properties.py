@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 from jax_iris.config import TrainConfig
 from jax_iris.data import _iris, load_split, split_ids
 from jax_iris.io import checkpoint
-from jax_iris.models import param_shapes
+from jax_iris.models import flatten_params, param_shapes, unflatten_params
 from jax_iris.pytorch import compat
 from jax_iris.registry import blog_archs
 
@@ -143,14 +143,14 @@ def test_checkpoint_round_trip_is_exact(case):
     flat, config, history, metrics = case
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "run.pkl"
-        params = checkpoint.unflatten_params(flat)
+        params = unflatten_params(flat)
         checkpoint.save(path, params, config=config, metrics=metrics, history=history)
         loaded = checkpoint.load(path)
         assert [p.name for p in Path(folder).iterdir()] == ["run.pkl"]  # no temp left
     assert loaded.arch == config.arch
     assert loaded.config == config
     assert loaded.metrics == metrics
-    got = checkpoint.flatten_params(loaded.params)
+    got = flatten_params(loaded.params)
     assert set(got) == set(flat)
     for name, value in flat.items():
         assert got[name].dtype == value.dtype and got[name].shape == value.shape
@@ -173,14 +173,14 @@ def arch_and_params(draw) -> tuple[str, dict[str, np.ndarray]]:
 @given(case=arch_and_params())
 def test_torch_state_dict_round_trip_is_exact(case):
     arch, flat = case
-    state_dict = compat.state_dict_from_params(arch, checkpoint.unflatten_params(flat))
+    state_dict = compat.state_dict_from_params(arch, unflatten_params(flat))
     assert list(state_dict) == list(compat.torch_shapes(arch))  # torch's key order
     for name, value in flat.items():
         torch_name = name.replace("/", ".").replace(".kernel", ".weight")
         expected = value.T if name.endswith("/kernel") else value  # torch weight is (out, in)
         assert state_dict[torch_name].tobytes() == np.ascontiguousarray(expected).tobytes()
         assert state_dict[torch_name].shape == expected.shape
-    back = checkpoint.flatten_params(compat.params_from_state_dict(arch, state_dict))
+    back = flatten_params(compat.params_from_state_dict(arch, state_dict))
     assert set(back) == set(flat)
     for name, value in flat.items():
         assert back[name].dtype == value.dtype and back[name].shape == value.shape

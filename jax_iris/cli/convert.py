@@ -225,7 +225,7 @@ def _as_float32(source: Path, params: Any) -> Any:
     """
     import numpy as np
 
-    from jax_iris.io.checkpoint import flatten_params, unflatten_params
+    from jax_iris.models import flatten_params, unflatten_params
 
     flat, change = flatten_params(params), 0.0
     for name, value in flat.items():

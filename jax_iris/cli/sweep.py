@@ -449,8 +449,8 @@ def _shared_set(done: set, work: list) -> set:
 def _arrays(result, shapes: dict):
     import numpy as np
 
-    from jax_iris.io.checkpoint import flatten_params
     from jax_iris.io.store import ChunkArrays
+    from jax_iris.models import flatten_params
 
     final = np.stack(
         [np.stack([np.asarray(m.loss), np.asarray(m.accuracy)], -1) for m in result.final], 1
@@ -466,7 +466,7 @@ def _arrays(result, shapes: dict):
 
 def _grid_result(plan, arrays: dict, run: tuple[str, str], shapes: dict):
 
-    from jax_iris.io.checkpoint import unflatten_params
+    from jax_iris.models import unflatten_params
     from jax_iris.sweep import result_of
     from jax_iris.train import Metrics, SplitMetrics
 
@@ -503,8 +503,8 @@ def write_outputs(sweep, manifest, store, results, out, tensorboard, fresh) -> i
     import jax
     import numpy as np
 
-    from jax_iris.io.checkpoint import flatten_params
     from jax_iris.io.fileio import commit
+    from jax_iris.models import flatten_params
     from jax_iris.report.sweep_report import csv_text, format_summary, summarize_grid
 
     for (arch, head), result in results.items():

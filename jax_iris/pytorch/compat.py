@@ -17,8 +17,7 @@ from typing import Any
 import numpy as np
 
 from jax_iris import registry
-from jax_iris.io.checkpoint import flatten_params, unflatten_params
-from jax_iris.models import Params, param_shapes
+from jax_iris.models import Params, flatten_params, param_shapes, unflatten_params
 from jax_iris.quote import quote
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

@@ -87,6 +87,30 @@ for section in "${sections[@]}"; do
             --coordinator "127.0.0.1:$port" --num-processes 2 --process-id 0
         wait
         cmp "$out/dist_one/sweep.csv" "$out/dist_two/sweep.csv" && echo "sweep.csv identical"
+        # Dead-process detection: kill -9 one process's command mid-sweep (after the join
+        # and compile), and time how long the other takes to stop.
+        for victim in 1 0; do
+            port=$(( 20000 + RANDOM % 20000 ))
+            rm -rf "$out/dead_$victim"
+            pids=()
+            for id in 0 1; do
+                JAX_IRIS_CACHE_DIR= "$python" scripts/sweep.py --arch atten --seeds 4000 \
+                    --host-devices 1 --out "$out/dead_$victim" \
+                    --coordinator "127.0.0.1:$port" --num-processes 2 --process-id "$id" \
+                    >"$out/dead_${victim}_$id.log" 2>&1 &
+                pids+=($!)
+            done
+            sleep 30
+            kill -9 "${pids[$victim]}"
+            killed=$(date +%s.%N)
+            status=0
+            wait "${pids[$((1 - victim))]}" || status=$?
+            wait "${pids[$victim]}" || true
+            took=$("$python" -c "import time; print(f'{time.time() - $killed:.1f}')")
+            echo "process $((1 - victim)) stopped $took s" \
+                "after process $victim was killed (exit $status):" \
+                "$(tail -n 1 "$out/dead_${victim}_$((1 - victim)).log")"
+        done
         ;;
     benchmark) # docs/performance.md: JAX against PyTorch, and the fused program's flags
         timed benchmark "$python" benchmarks/benchmark.py --repeats 2

@@ -39,6 +39,7 @@ def gpu_check(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_without_a_gpu_it_refuses_in_one_line(tmp_path):
     done = gpu_check(tmp_path, "--out", str(tmp_path / "report.md"))
     assert done.returncode == 2

@@ -111,6 +111,7 @@ def test_a_net_is_the_same_bits_in_every_sweep_layout_on_1_and_2_devices_and_in_
     assert len({want[c]["loss"] for c in want}) == len(CELLS)
 
 
+@pytest.mark.slow
 def test_a_second_fit_of_the_same_shapes_compiles_nothing():
     compiled: list[str] = []
 
@@ -167,11 +168,13 @@ def test_train_script_gives_the_sweeps_params_and_row(tmp_path):
             )
 
 
+@pytest.mark.slow
 def test_grid_records_float32_values(tmp_path):
     g = train_grid(TrainConfig(arch="linear", epochs=SHORT_EPOCHS), [0], [0.005, 0.0050000001])
     assert len(g.seeds) == 1 and g.lr[0] == np.float32(0.005)  # one float32 value: one cell
 
 
+@pytest.mark.slow
 def test_float32_equal_flag_values_are_one_cell_with_a_note(tmp_path, capsys):
     from jax_iris.cli.sweep import main as sweep_main
 

@@ -53,7 +53,8 @@ def assert_same_nets(a: GridResult, b: GridResult, nets: int) -> None:
         )
 
 
-@pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["atten", "linear"])
 def test_net_i_of_a_sweep_is_fit_with_seed_i(arch):
     sweep = seed_sweep(arch)
     for i, seed in enumerate(SEEDS):
@@ -66,6 +67,7 @@ def test_net_i_of_a_sweep_is_fit_with_seed_i(arch):
             assert getattr(sweep.final, split).accuracy[i] == getattr(single.final, split).accuracy
 
 
+@pytest.mark.slow
 def test_a_sweep_records_every_net():
     sweep = seed_sweep("linear")
     np.testing.assert_array_equal(sweep.seeds, SEEDS)
@@ -193,6 +195,7 @@ def concatenate(first: GridResult, second: GridResult) -> GridResult:
     )
 
 
+@pytest.mark.slow
 def test_summary_counts_successes_and_pairs_the_same_seeds():
     atten = grid_of([1.0, 0.8, 0.6, 0.6], train_accuracy=[1.0, 0.9, 0.5, 0.5])
     linear = grid_of([0.8, 0.8, 0.8, 0.6], train_loss=[0.6, np.nan, 0.6, 0.6])

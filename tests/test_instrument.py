@@ -14,7 +14,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from helpers import SHORT_EPOCHS, call, leaves, run_python, run_script
+from helpers import SHORT_EPOCHS, call, leaves, run_python, run_script, xla_cache_env
 
 from jax_iris.config import TrainConfig
 from jax_iris.io import checkpoint
@@ -70,7 +70,7 @@ FOLLOW = textwrap.dedent(
 
 
 def _followed(devices: int, tmp_path) -> dict:
-    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **xla_cache_env()}
     argv = ["-c", FOLLOW, json.dumps([CELLS, LRS, WDS, LAYOUTS])]
     proc = run_python(argv, cwd=tmp_path, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr

@@ -13,7 +13,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from helpers import SHORT_EPOCHS, leaves, run_python
+from helpers import SHORT_EPOCHS, leaves, run_python, xla_cache_env
 
 from jax_iris.config import TrainConfig
 from jax_iris.report.sweep_report import format_summary, summarize_grid
@@ -142,7 +142,7 @@ SHARDED = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_sharded_over_four_cpu_devices_equals_unsharded(tmp_path):
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", **xla_cache_env()}
     proc = run_python(["-c", SHARDED], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     sharded = json.loads(proc.stdout)

@@ -71,6 +71,17 @@ def run_python(
     )
 
 
+def xla_cache_env() -> dict[str, str]:
+    """JAX's own settings for the suite's compilation cache (conftest.py), for a child that
+    trains without a command (a command turns the cache on itself): a later run of the
+    same child finds its programs compiled."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": os.environ["JAX_IRIS_CACHE_DIR"],
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+    }
+
+
 def run_script(name: str, *args: object, cwd: Path) -> subprocess.CompletedProcess:
     """``python scripts/<name>.py ARGS`` in ``cwd``, as a user runs it."""
     return run_python([SCRIPTS / f"{name}.py", *args], cwd)

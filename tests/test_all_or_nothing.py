@@ -115,6 +115,7 @@ def test_full_disk_while_writing_events_keeps_every_earlier_file(
     assert snapshot(workdir) == earlier
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_events_are_built_keeps_every_earlier_file(
     workdir, earlier, capsys, monkeypatch
 ):
@@ -141,6 +142,7 @@ def test_ctrl_c_after_the_sweep_summary_keeps_every_earlier_file(
     assert any(k.endswith(".chunk") for k in now)  # the trained nets are kept
 
 
+@pytest.mark.slow
 def test_plot_with_room_for_one_png_replaces_neither(workdir, earlier, capsys, monkeypatch):
     disk_full_after(monkeypatch, 1)
     runs = [workdir / "checkpoints" / "atten.pkl", workdir / "checkpoints" / "linear.pkl"]
@@ -152,6 +154,7 @@ def test_plot_with_room_for_one_png_replaces_neither(workdir, earlier, capsys, m
     assert snapshot(workdir) == earlier
 
 
+@pytest.mark.slow
 def test_two_runs_in_the_same_second_keep_both_event_files(workdir, capsys, monkeypatch):
     monkeypatch.setattr(tensorboard, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
     for seed in (1, 2):
@@ -209,6 +212,7 @@ def test_real_sigint_while_writing_keeps_every_earlier_file(workdir, earlier):
     assert snapshot(workdir) == earlier
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_the_renames_is_all_or_nothing(workdir, earlier, capsys, monkeypatch):
     real_replace = os.replace
 
@@ -292,6 +296,7 @@ def test_over_long_name_is_refused_before_training(workdir, earlier, capsys, fla
     assert snapshot(workdir) == earlier and not (workdir / "new").exists()
 
 
+@pytest.mark.slow
 def test_a_folder_where_a_png_goes_is_found_before_anything_is_replaced(workdir, earlier, capsys):
     (workdir / "out" / "loss.png").unlink()
     (workdir / "out" / "loss.png").mkdir()
@@ -392,6 +397,7 @@ def test_help_states_the_bounds(capsys, command, bounds):
 # ---------------------------------------------------------------- 6. the rest
 
 
+@pytest.mark.slow
 def test_evaluate_shows_every_checkpoint_given_labelled_by_path(workdir, capsys):
     for folder, seed in (("a", 1), ("b", 2)):
         (workdir / folder).mkdir()
@@ -507,6 +513,7 @@ def test_convert_refuses_what_it_cannot_convert_in_one_line(workdir, capsys, kin
 # -- the compilation cache: at most one line, once, and the run goes on
 
 
+@pytest.mark.slow
 def test_unusable_cache_folder_costs_one_line(workdir, capsys, monkeypatch):
     (workdir / "file").write_bytes(b"")
     monkeypatch.setenv("JAX_IRIS_CACHE_DIR", str(workdir / "file" / "xla"))
@@ -520,6 +527,7 @@ def test_unusable_cache_folder_costs_one_line(workdir, capsys, monkeypatch):
     assert sorted(snapshot(workdir)) == ["checkpoints/atten.pkl", "file", *_events(workdir)]
 
 
+@pytest.mark.slow
 def test_read_only_cache_folder_costs_one_line(workdir, capsys, monkeypatch):
     """A folder the user may not write to (simulated: tests may run as root, who may)."""
     cache = workdir / "cache"

@@ -112,6 +112,7 @@ def test_ctrl_c_is_one_line(workdir, capsys, monkeypatch):
     assert out == "" and snapshot(workdir) == {}
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_the_script_runs_from_anywhere(tmp_path):
     proc = run_python([ROOT / "benchmarks" / "benchmark.py", "--help"], cwd=tmp_path)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    assert_one_line_error,
     assert_usage_error,
     call,
     run_python,
@@ -197,6 +198,7 @@ def test_evaluate_runs_nothing_from_a_hostile_file(tmp_path, capsys, good):
 # ---------------------------------------------------------------- plot
 
 
+@pytest.mark.slow
 def test_plot_leaves_existing_figures_when_a_run_is_missing(tmp_path, capsys, good):
     out_dir = tmp_path / "p"
     assert call(plot.main, [good, "--out", out_dir], capsys).code == 0
@@ -207,6 +209,7 @@ def test_plot_leaves_existing_figures_when_a_run_is_missing(tmp_path, capsys, go
     assert snapshot(out_dir) == before
 
 
+@pytest.mark.slow
 def test_plot_explains_a_checkpoint_without_history(tmp_path, capsys):
     bare = save_untrained(tmp_path / "bare.pkl", "linear", history=False)
     outcome = call(plot.main, [bare, "--out", tmp_path / "p"], capsys)
@@ -384,7 +387,33 @@ def test_jax_iris_without_a_command_prints_the_commands_on_stderr(capsys):
         assert f"\n  {name} " in outcome.err
 
 
-HELP_WITHOUT_JAX = """
+# What a user reaches without training answers without importing jax (seconds of start-up):
+# each snippet runs in a fresh interpreter and ends by listing the heavy modules loaded.
+HEAVY = """
+heavy = ("jax", "jaxlib", "flax", "optax", "torch")
+print("heavy", sorted(m for m in sys.modules if m.split(".")[0] in heavy))
+"""
+CONFIG_AND_TRAIN_FLAGS = """
+import contextlib, io, sys
+from jax_iris.config import ConfigError, SweepConfig, TrainConfig
+from jax_iris.cli import train
+
+TrainConfig(arch="linear", lr=0.01)
+SweepConfig(arch=("both",), lr=(0.1, 0.2))
+try:
+    TrainConfig(lr=1e39)
+except ConfigError as err:
+    print("field", err.field)
+for argv in (["--help"], ["--lr", "1e39"]):
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            code = train.main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    print(argv[0], code, "--checkpoint-dir CHECKPOINT_DIR" in out.getvalue())
+"""
+EVERY_HELP = """
 import contextlib, io, sys
 from jax_iris.cli import COMMANDS, main
 for name in COMMANDS:
@@ -392,17 +421,31 @@ for name in COMMANDS:
     with contextlib.redirect_stdout(out):
         code = main([name, "--help"])
     print(name, code, "usage:" in out.getvalue() and "--" in out.getvalue())
-heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib", "flax", "torch"))
-print("heavy", heavy)
 """
+PLATFORM = "import sys, jax_iris.platform\n"
+COMMAND_NAMES = ("train", "evaluate", "predict", "sweep", "convert", "plot")
 
 
 @pytest.mark.subprocess
-def test_every_help_answers_without_importing_jax(tmp_path):
-    proc = run_python(["-c", HELP_WITHOUT_JAX], cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("code", "lines", "err"),
+    [
+        (
+            CONFIG_AND_TRAIN_FLAGS,
+            ["field lr", "--help 0 True", "--lr 2 False"],
+            "train.py: error: --lr must be a number > 0",
+        ),
+        (EVERY_HELP, [f"{name} 0 True" for name in COMMAND_NAMES], ""),
+        (PLATFORM, [], ""),
+    ],
+    ids=["config-and-train-flags", "every-help", "platform"],
+)
+def test_imports_no_jax(tmp_path, code, lines, err):
+    proc = run_python(["-c", code + HEAVY], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[:-1] == [
-        f"{name} 0 True" for name in ("train", "evaluate", "predict", "sweep", "convert", "plot")
-    ]
-    assert lines[-1] == "heavy []"
+    assert proc.stdout.splitlines() == [*lines, "heavy []"]
+    if err:
+        assert_one_line_error(proc.stderr, err)
+        assert proc.stderr.startswith(err)
+    else:
+        assert proc.stderr == ""

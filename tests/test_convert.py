@@ -125,6 +125,7 @@ def jax_checkpoints(tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_jax_checkpoint_to_pth_gives_the_same_outputs(jax_checkpoints, tmp_path, capsys, arch):
     out = tmp_path / f"{arch}.pth"

@@ -1,7 +1,8 @@
 """Faults during a run: a diverging net, a disk that fills up, Ctrl-C, SIGKILL. Each ends
 in one line and an exit code, and every file that was there before is still readable.
 
-(Bad input, refused before any work, is in test_cli.)
+(Bad input, refused before any work, is in test_cli; a stop signal mid-training, in
+test_process_life.)
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from pathlib import Path
 
 import pytest
 from helpers import (
-    SCRIPTS,
     SHORT_EPOCHS,
     SUBPROCESS_TIMEOUT,
-    assert_one_line_error,
     assert_usage_error,
     call,
     save_untrained,
@@ -24,11 +23,8 @@ from helpers import (
 )
 
 from jax_iris.cli import convert, sweep, train
-from jax_iris.config import TrainConfig
 from jax_iris.io import checkpoint
 from jax_iris.io.store import STORE_DIR
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 @pytest.fixture(scope="module")
@@ -155,34 +151,3 @@ def test_sigkill_while_saving_keeps_the_previous_checkpoint(tmp_path, previous, 
     checkpoint.save(path, old.params, config=old.config, history=old.history)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["atten.pkl"]
     assert path.read_bytes() == previous["atten.pkl"]
-
-
-@pytest.mark.slow
-@pytest.mark.subprocess
-def test_ctrl_c_during_training_exits_130_and_writes_nothing(tmp_path, previous):
-    ckpt_dir = restore(previous, tmp_path / "ck")
-    # A run far too long to finish, in short compiled chunks so that the interrupt is
-    # seen between two chunks (Python handles signals only between XLA calls).
-    argv = ["--epochs", "10000000", "--log-every", "50", "--checkpoint-dir", ckpt_dir]
-    child = subprocess.Popen(
-        [sys.executable, SCRIPTS / "train.py", *argv, "--logdir", tmp_path / "runs"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        for line in child.stdout:
-            if " epoch " in line:
-                break
-        else:
-            pytest.fail(f"no progress line; stderr: {child.stderr.read()}")
-        child.send_signal(signal.SIGINT)
-        _, err = child.communicate(timeout=SUBPROCESS_TIMEOUT)
-    finally:
-        child.kill()
-    assert child.returncode == EXIT_INTERRUPTED
-    assert_one_line_error(err, "train.py: interrupted", "nothing was written")
-    assert snapshot(ckpt_dir) == previous
-    assert not (tmp_path / "runs").exists()
-    assert checkpoint.load(ckpt_dir / "atten.pkl").config == TrainConfig(arch="atten", epochs=3)

@@ -85,6 +85,7 @@ def test_an_arch_name_registered_again_with_another_module_is_not_served(monkeyp
         fused.run_epochs("linear", "sigmoid", None, None, None, 0.1, 0.0, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_flat_vector_holds_every_parameter(arch):
     sizes = [int(np.prod(shape)) for shape in param_shapes(arch).values()]
@@ -95,6 +96,7 @@ def test_flat_vector_holds_every_parameter(arch):
     assert not state.m.any() and not state.v.any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_round_trip_is_bitwise_with_the_optimiser_state(arch, dtype):
@@ -133,6 +135,7 @@ def autodiff_grad(arch: str, head: str):
 fused_grad = jax.jit(fused.loss_and_grad, static_argnums=(0, 1))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_gradient_equals_autodiffs_in_float64(arch, head):
@@ -175,6 +178,7 @@ def compare_runs(arch: str, head: str, seed: int, epochs: int, dtype):
     return expected, expected_history, state, history
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_50_epochs_equal_autodiff_and_optax_in_float64(arch, head):
@@ -193,6 +197,7 @@ def test_50_epochs_equal_autodiff_and_optax_in_float64(arch, head):
             assert int(state.count) == int(expected.count) == 50
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", HEADS)
 @pytest.mark.parametrize("arch", ARCHS)
 def test_200_epochs_agree_with_autodiff_in_float32(arch, head):
@@ -210,6 +215,7 @@ def test_200_epochs_agree_with_autodiff_in_float32(arch, head):
         assert gap <= bound, f"{arch} {head} seed {seed}: {gap:.2e} > {bound:.2e}"
 
 
+@pytest.mark.slow
 def test_a_fresh_state_is_optaxs_init():
     params = init("atten", jax.random.key(0), jnp.float32)
     optimiser = optax.chain(optax.add_decayed_weights(WEIGHT_DECAY), optax.adam(LR))
@@ -217,6 +223,7 @@ def test_a_fresh_state_is_optaxs_init():
     assert_trees_equal(fused.to_state("atten", params), from_optax)
 
 
+@pytest.mark.slow
 def test_to_opt_state_needs_one_adam_state():
     params = init("linear", jax.random.key(0), jnp.float32)
     flat = fused.to_state("linear", params)

@@ -10,7 +10,7 @@ import sys
 
 import jax
 import pytest
-from helpers import ROOT, SUBPROCESS_TIMEOUT, assert_one_line_error
+from helpers import ROOT, SUBPROCESS_TIMEOUT, assert_one_line_error, xla_cache_env
 
 pytestmark = [
     pytest.mark.subprocess,
@@ -39,6 +39,7 @@ def gpu_check(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_without_a_gpu_it_refuses_in_one_line(tmp_path):
     done = gpu_check(tmp_path, "--out", str(tmp_path / "report.md"))
     assert done.returncode == 2
@@ -54,7 +55,8 @@ def test_without_a_gpu_it_refuses_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_the_dry_run_writes_every_section(tmp_path):
     report = tmp_path / "report.md"
-    done = gpu_check(tmp_path, "--allow-cpu", "--out", str(report), SIZES="8 16", EPOCHS="5")
+    sizes = {"SIZES": "8 16", "EPOCHS": "5"}
+    done = gpu_check(tmp_path, "--allow-cpu", "--out", str(report), **sizes, **xla_cache_env())
     assert done.returncode == 0, done.stderr
     text = report.read_text()
     assert text.startswith("# GPU check")

@@ -277,6 +277,7 @@ def test_command_writes_csv_json_heatmaps_and_hparams(grid_out):
     assert not (out / "accuracy.png").exists()  # a seed sweep's histogram, not a grid's
 
 
+@pytest.mark.slow
 def test_hparams_runs_read_back_one_per_cell(grid_out):
     out = grid_out
     summary = json.loads((out / "summary.json").read_text())
@@ -331,6 +332,7 @@ def test_hparams_runs_read_back_one_per_cell(grid_out):
             assert scalars[tag][1] == pytest.approx(value, rel=1e-6), tag
 
 
+@pytest.mark.slow
 def test_command_progress_names_cells_nets_rate_and_time_left(tmp_path, capsys):
     code, out, err = call(
         sweep_main, [*GRID_ARGS, "--lr", "0.02", "0.05", "--out", tmp_path / "g"], capsys
@@ -344,6 +346,7 @@ def test_command_progress_names_cells_nets_rate_and_time_left(tmp_path, capsys):
     assert "about 30 s left" in progress.line(3, 10.0)
 
 
+@pytest.mark.slow
 def test_no_tensorboard_writes_no_runs(tmp_path, capsys):
     out = tmp_path / "g"
     argv = [*GRID_ARGS, "--lr", "0.02", "0.05", "--out", out, "--no-tensorboard"]

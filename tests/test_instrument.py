@@ -14,7 +14,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from helpers import SHORT_EPOCHS, call, leaves, run_python, run_script
+from helpers import SHORT_EPOCHS, call, leaves, run_python, run_script, xla_cache_env
 
 from jax_iris.config import TrainConfig
 from jax_iris.io import checkpoint
@@ -71,7 +71,7 @@ FOLLOW = textwrap.dedent(
 
 
 def _followed(devices: int, tmp_path) -> dict:
-    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **xla_cache_env()}
     argv = ["-c", FOLLOW, json.dumps([CELLS, LRS, WDS, LAYOUTS])]
     proc = run_python(argv, cwd=tmp_path, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
@@ -112,6 +112,7 @@ def test_a_net_is_the_same_bits_in_every_sweep_layout_on_1_and_2_devices_and_in_
     assert len({want[c]["loss"] for c in want}) == len(CELLS)
 
 
+@pytest.mark.slow
 def test_a_second_fit_of_the_same_shapes_compiles_nothing():
     compiled: list[str] = []
 
@@ -168,11 +169,13 @@ def test_train_script_gives_the_sweeps_params_and_row(tmp_path):
             )
 
 
+@pytest.mark.slow
 def test_grid_records_float32_values(tmp_path):
     g = train_grid(TrainConfig(arch="linear", epochs=SHORT_EPOCHS), [0], [0.005, 0.0050000001])
     assert len(g.seeds) == 1 and g.lr[0] == np.float32(0.005)  # one float32 value: one cell
 
 
+@pytest.mark.slow
 def test_float32_equal_flag_values_are_one_cell_with_a_note(tmp_path, capsys):
     from jax_iris.cli.sweep import main as sweep_main
 

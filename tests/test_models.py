@@ -91,27 +91,31 @@ def test_init_fills_torch_bounds():
 def test_elementwise_attention_maths():
     x = jax.random.normal(jax.random.key(2), (5, 4))
     layer = ElementwiseAttention(6)
-    params = layer.init(jax.random.key(3), x)
+    params = jax.jit(layer.init)(jax.random.key(3), x)
     p = jax.tree_util.tree_map(np.asarray, params["params"])
     k, q, v = (np.asarray(x) @ p[n]["kernel"] + p[n]["bias"] for n in "kqv")
     scores = k * q / math.sqrt(6)
     gate = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
     expected = np.maximum(gate * v, 0)
-    np.testing.assert_allclose(layer.apply(params, x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jax.jit(layer.apply)(params, x), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_net_composition():
     params = init("atten", jax.random.key(4))
     x = jax.random.normal(jax.random.key(5), (3, 4))
-    p = params["params"]
 
     def attend(h, layer):
         k, q, v = (h @ layer[n]["kernel"] + layer[n]["bias"][None, :] for n in "kqv")
         return jax.nn.relu(jax.nn.softmax(k * q / math.sqrt(k.shape[1]), axis=1) * v)
 
-    h = attend(attend(x, p["layer_1"]), p["layer_2"])
-    expected = jax.nn.sigmoid(h @ p["linear"]["kernel"] + p["linear"]["bias"][None, :])
-    np.testing.assert_allclose(AttentionNet().apply(params, x), expected, rtol=1e-6)
+    def by_hand(p, x):
+        h = attend(attend(x, p["layer_1"]), p["layer_2"])
+        return jax.nn.sigmoid(h @ p["linear"]["kernel"] + p["linear"]["bias"][None, :])
+
+    # Each side in one compiled program, as training runs it (eagerly, each op compiles
+    # on its own).
+    expected = jax.jit(by_hand)(params["params"], x)
+    np.testing.assert_allclose(jax.jit(AttentionNet().apply)(params, x), expected, rtol=1e-6)
 
 
 def test_torch_dense_broadcasts_its_bias_over_any_leading_axes():

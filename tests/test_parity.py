@@ -216,6 +216,7 @@ def test_loss_and_gradients_match(arch, seed):
 # 3. a few Adam epochs ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch, seed", CASES)
 def test_params_after_adam_epochs_match_float32(arch, seed):
     weights = initial_weights(arch, seed)

@@ -67,6 +67,7 @@ def test_accelerators_get_no_cpu_flags(monkeypatch):
     assert platform.xla_flags("tpu") == []
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_only_flags_this_jaxlib_accepts_are_offered(monkeypatch, tmp_path):
     """Real probes: this jaxlib knows the two CPU flags and aborts on an unknown one."""
@@ -106,17 +107,12 @@ def test_a_damaged_probe_cache_is_probed_afresh(monkeypatch, tmp_path):
     assert all(json.loads(cache.read_text()).values())
 
 
-def test_importing_the_module_imports_no_jax():
-    code = "import sys, jax_iris.platform; print('jax' in sys.modules)"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "False", done.stderr[-500:]
-
-
 def test_this_process_trains_under_the_default_flags():
     """The test process imported jax_iris before any backend started, as commands do."""
     assert set(platform.xla_flags("cpu")) <= set(platform.numeric_xla_flags())
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("env", "code_before", "expected"),

@@ -52,6 +52,7 @@ def pixels_near(image: np.ndarray, rgb: tuple[int, int, int], tolerance: int = 3
     return int(np.all(np.abs(rgb_image - np.array(rgb)) <= tolerance, axis=-1).sum())
 
 
+@pytest.mark.slow
 def test_plot_command_writes_both_figures(tmp_path, capsys, runs):
     import matplotlib.image
 
@@ -73,6 +74,7 @@ def test_plot_command_writes_both_figures(tmp_path, capsys, runs):
         assert pixels_near(image, MATPLOTLIB_ORANGE) > 300
 
 
+@pytest.mark.slow
 def test_default_out_folder_is_plots(tmp_path, capsys, runs, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert call(plot_command.main, [runs["atten"]], capsys).code == 0
@@ -129,6 +131,7 @@ def test_runs_of_the_same_net_are_told_apart_by_path(tmp_path, runs):
     assert load_runs([runs["atten"], runs["linear"]])[0].label == "Atten_Model"
 
 
+@pytest.mark.slow
 def test_run_figures_draws_in_memory(tmp_path, runs):
     files = run_figures(load_runs([runs["linear"]]), tmp_path / "figs")
     assert sorted(files) == [tmp_path / "figs" / "accuracy.png", tmp_path / "figs" / "loss.png"]
@@ -138,6 +141,7 @@ def test_run_figures_draws_in_memory(tmp_path, runs):
         run_figures([], tmp_path)
 
 
+@pytest.mark.slow
 def test_sweep_histograms_is_one_png_of_every_split():
     def grid(accuracy: float, nets: int):
         metrics = Metrics(np.full(nets, 0.6, np.float32), np.full(nets, accuracy, np.float32))

@@ -99,6 +99,7 @@ def assert_broken_plugins_reported(stderr: str) -> None:
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_a_plugin_arch_trains_and_evaluates_from_the_shell(site, tmp_path):
     train = jax_iris(
         site, tmp_path, "train", "--arch", "tiny", "--epochs", EPOCHS, "--log-every", EPOCHS,
@@ -117,6 +118,7 @@ def test_a_plugin_arch_trains_and_evaluates_from_the_shell(site, tmp_path):
     assert parse_table(evaluate.stdout) == table
 
 
+@pytest.mark.slow
 def test_a_plugin_head_and_the_built_in_nets_work_beside_broken_plugins(site, tmp_path):
     both = jax_iris(
         site, tmp_path, "train", "--arch", "both", "--head", "tanh", "--epochs", EPOCHS,
@@ -127,6 +129,7 @@ def test_a_plugin_head_and_the_built_in_nets_work_beside_broken_plugins(site, tm
     assert "Atten_Model  Linear_Model" in both.stdout  # "atten" is still the built-in net
 
 
+@pytest.mark.slow
 def test_a_plugin_that_fails_on_import_is_one_line_when_chosen(site, tmp_path):
     crashy = jax_iris(site, tmp_path, "train", "--arch", "crashy", "--epochs", EPOCHS)
     assert crashy.returncode == 2, crashy.stderr

@@ -68,6 +68,7 @@ def test_a_registered_arch_is_listed_and_labelled(tiny):
     assert train_command.parser().parse_args(["--arch", "tiny"]).arch == ["tiny"]
 
 
+@pytest.mark.slow
 def test_a_registered_arch_trains_sweeps_saves_and_evaluates(tiny_config, tiny_fit, tmp_path):
     history = tiny_fit.history
     assert history.loss.shape == (EPOCHS,)
@@ -93,6 +94,7 @@ def test_a_registered_arch_trains_sweeps_saves_and_evaluates(tiny_config, tiny_f
     assert evaluate(loaded.config, loaded.params) == tiny_fit.final
 
 
+@pytest.mark.slow
 def test_a_registered_arch_runs_through_the_commands(tiny, tmp_path, capsys):
     argv = ["--arch", "tiny", "--epochs", EPOCHS, "--log-every", EPOCHS, "--lr", LR]
     argv += ["--checkpoint-dir", tmp_path / "ck", "--logdir", tmp_path / "runs"]

@@ -134,6 +134,7 @@ print(len(names), failed)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_only_the_pytorch_reference_needs_torch(tmp_path):
     proc = run_python(["-c", IMPORT_ALL_WITHOUT_TORCH], cwd=tmp_path)

@@ -167,6 +167,7 @@ def small(tmp_path, capsys):
     return outputs(tmp_path / "out")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("change", "named"),
     [
@@ -187,6 +188,7 @@ def test_another_sweep_into_the_store_is_refused_naming_the_flag(
     assert snapshot(tmp_path / "out") == before
 
 
+@pytest.mark.slow
 def test_another_version_is_refused(tmp_path, capsys, small, monkeypatch):
     real = sweep_cli.manifest_of
 
@@ -204,6 +206,7 @@ def test_another_version_is_refused(tmp_path, capsys, small, monkeypatch):
     assert snapshot(tmp_path / "out") == before
 
 
+@pytest.mark.slow
 def test_the_xla_flags_are_recorded_and_other_flags_refused(tmp_path, capsys, small, monkeypatch):
     """The flags the nets were trained under are part of what decides their numbers."""
     from jax_iris import platform
@@ -224,6 +227,7 @@ def test_the_xla_flags_are_recorded_and_other_flags_refused(tmp_path, capsys, sm
     assert snapshot(tmp_path / "out") == before
 
 
+@pytest.mark.slow
 def test_an_edited_manifest_is_refused(tmp_path, capsys, small):
     (manifest,) = (tmp_path / "out").glob(f"{STORE_DIR}/*/manifest.json")
     values = json.loads(manifest.read_text())
@@ -235,6 +239,7 @@ def test_an_edited_manifest_is_refused(tmp_path, capsys, small):
     assert snapshot(tmp_path / "out") == before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncate", "foreign", "garbage", "folder"])
 def test_a_damaged_or_foreign_chunk_is_trained_again_never_mixed_in(
     tmp_path, capsys, small, damage
@@ -264,6 +269,7 @@ def test_a_damaged_or_foreign_chunk_is_trained_again_never_mixed_in(
     assert outputs(tmp_path / "out") == small
 
 
+@pytest.mark.slow
 def test_fresh_replaces_another_sweep_and_its_outputs(tmp_path, capsys):
     out = tmp_path / "out"
     grid = [*SMALL, "--lr", 0.01, 0.02, "--out", out]
@@ -287,6 +293,7 @@ def test_a_folder_in_an_outputs_place_is_found_before_training(tmp_path, capsys)
     assert not (tmp_path / "out" / STORE_DIR).exists()  # nothing trained, nothing stored
 
 
+@pytest.mark.slow
 def test_keep_history_and_keep_params_write_what_they_say(tmp_path, capsys):
     out = tmp_path / "out"
     argv = [*SMALL, "--keep-history", "--keep-params", "--out", out]

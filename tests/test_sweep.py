@@ -13,7 +13,7 @@ import textwrap
 import jax
 import numpy as np
 import pytest
-from helpers import SHORT_EPOCHS, leaves, run_python
+from helpers import SHORT_EPOCHS, leaves, run_python, xla_cache_env
 
 from jax_iris.config import TrainConfig
 from jax_iris.report.sweep_report import format_summary, summarize_grid
@@ -53,7 +53,8 @@ def assert_same_nets(a: GridResult, b: GridResult, nets: int) -> None:
         )
 
 
-@pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["atten", "linear"])
 def test_net_i_of_a_sweep_is_fit_with_seed_i(arch):
     sweep = seed_sweep(arch)
     for i, seed in enumerate(SEEDS):
@@ -66,6 +67,7 @@ def test_net_i_of_a_sweep_is_fit_with_seed_i(arch):
             assert getattr(sweep.final, split).accuracy[i] == getattr(single.final, split).accuracy
 
 
+@pytest.mark.slow
 def test_a_sweep_records_every_net():
     sweep = seed_sweep("linear")
     np.testing.assert_array_equal(sweep.seeds, SEEDS)
@@ -140,7 +142,7 @@ SHARDED = textwrap.dedent(
 @pytest.mark.slow
 @pytest.mark.subprocess
 def test_sharded_over_four_cpu_devices_equals_unsharded(tmp_path):
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", **xla_cache_env()}
     proc = run_python(["-c", SHARDED], cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     sharded = json.loads(proc.stdout)
@@ -193,6 +195,7 @@ def concatenate(first: GridResult, second: GridResult) -> GridResult:
     )
 
 
+@pytest.mark.slow
 def test_summary_counts_successes_and_pairs_the_same_seeds():
     atten = grid_of([1.0, 0.8, 0.6, 0.6], train_accuracy=[1.0, 0.9, 0.5, 0.5])
     linear = grid_of([0.8, 0.8, 0.8, 0.6], train_loss=[0.6, np.nan, 0.6, 0.6])

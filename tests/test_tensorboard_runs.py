@@ -35,6 +35,7 @@ def hparams_of(accumulator) -> dict[str, object]:
     }
 
 
+@pytest.mark.slow
 def test_two_runs_are_two_tensorboard_runs_with_real_times_and_hparams(tmp_path, capsys):
     before = time.time()
     first_done = train(tmp_path, capsys)
@@ -72,6 +73,7 @@ def test_two_runs_are_two_tensorboard_runs_with_real_times_and_hparams(tmp_path,
     np.testing.assert_array_equal([e.value for e in losses], saved.history["loss"])
 
 
+@pytest.mark.slow
 def test_a_run_name_is_used_once(tmp_path, capsys):
     train(tmp_path, capsys, "--run-name", "baseline")
     assert [p.name for p in (tmp_path / "runs" / "atten").iterdir()] == ["baseline"]

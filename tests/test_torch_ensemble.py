@@ -27,6 +27,7 @@ REFERENCE_LOSS_TOLERANCE = 1e-12
 LOSS_TOLERANCE = 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["atten", "linear"])
 def test_the_stacks_are_the_reference_nets_trained_by_the_reference_loop(arch, one_torch_thread):
     seed, nets, epochs = 5, 3, 100

@@ -54,7 +54,8 @@ def config_of(arch: str = "linear", **changes) -> TrainConfig:
     return TrainConfig(arch=arch, epochs=EPOCHS, log_every=EPOCHS, **changes)
 
 
-@pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["atten", "linear"])
 def test_scan_equals_epoch_by_epoch_loop(arch, split):
     """The fused scan computes exactly what calling train_step once per epoch computes."""
     config = config_of(arch)
@@ -106,6 +107,7 @@ def test_fit_from_given_params_equals_fit_from_their_seed(split):
     np.testing.assert_array_equal(from_params.history.loss, from_seed.history.loss)
 
 
+@pytest.mark.slow
 def test_progress_every_log_every_and_history_across_chunks(split):
     """Chunks of 8, 8 and 4 epochs: progress after each, one history of 20 epochs, the same
     numbers as a single chunk."""
@@ -137,7 +139,8 @@ def jitted_train(arch: str):
     return jax.jit(counted), traces
 
 
-@pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["atten", "linear"])
 def test_make_train_is_the_computation_fit_runs(arch, split, batches):
     config = config_of(arch)
     train, _ = jitted_train(arch)
@@ -153,6 +156,7 @@ def test_make_train_is_the_computation_fit_runs(arch, split, batches):
         assert float(mine.loss) == pytest.approx(theirs.loss, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_hyperparameters_are_traced_not_compiled_in(batches):
     """New learning rates and weight decays reuse the one compiled program, and they are
     really used: each gives another result."""
@@ -187,6 +191,7 @@ def test_evaluate_gives_the_final_table(split):
     assert metrics_from_dict(metrics_dict(table)) == table
 
 
+@pytest.mark.slow
 def test_evaluate_uses_the_configs_head(split, tmp_path):
     """A net trained with the logits head is evaluated with it: the loss of the raw outputs,
     not of their sigmoid (a checkpoint carries the head in its config)."""
@@ -209,7 +214,7 @@ def test_evaluate_uses_the_configs_head(split, tmp_path):
 FUSED_VS_AUTODIFF_ATOL = 1e-6  # another rounding order, 20 float32 epochs (as SWEEP_VS_FIT)
 
 
-@pytest.mark.parametrize("use_fused", [True, False])
+@pytest.mark.parametrize("use_fused", [True, pytest.param(False, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
 def test_either_epoch_program_is_block_invariant_and_the_sweeps(arch, use_fused, monkeypatch):
     """Blocks of one epoch give the bits of one block, and net 2 of a sweep of 3 the bits of
@@ -228,6 +233,7 @@ def test_either_epoch_program_is_block_invariant_and_the_sweeps(arch, use_fused,
     assert one.final.test.loss == float(sweep.final.test.loss[2])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["sigmoid", "logits"])
 def test_fused_epochs_follow_autodiffs(head, split, monkeypatch):
     config = config_of("linear", head=head)
@@ -243,6 +249,7 @@ def test_fused_epochs_follow_autodiffs(head, split, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=0, atol=FUSED_VS_AUTODIFF_ATOL)
 
 
+@pytest.mark.slow
 def test_an_arch_the_fused_program_does_not_serve_keeps_autodiff(split, monkeypatch):
     """A registered copy of the linear net is not served (``fused.supports``): the switch
     changes nothing of its run, bit for bit."""

@@ -150,6 +150,7 @@ def test_importing_the_nets_sets_the_flags_once_and_only_before_jax_runs(
     assert done.stdout.split() == sorted(expected)
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_asking_whether_jax_runs_starts_nothing_and_changes_no_option():
     """The question is put through ``jax.config`` alone: before and after a backend starts."""

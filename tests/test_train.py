@@ -78,7 +78,8 @@ def test_scan_equals_epoch_by_epoch_loop(arch, split):
         assert fitted.tobytes() == looped.tobytes()
 
 
-@pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["atten", "linear"])
 def test_fit_in_blocks_of_one_epoch_equals_one_block(arch, split):
     """fit's epoch blocks (log_every) never change a net: 20 blocks of 1 epoch (a loop XLA
     may inline) give the same bits as one block of 20."""
@@ -214,8 +215,9 @@ def test_evaluate_uses_the_configs_head(split, tmp_path):
 FUSED_VS_AUTODIFF_ATOL = 1e-6  # another rounding order, 20 float32 epochs (as SWEEP_VS_FIT)
 
 
-@pytest.mark.parametrize("use_fused", [True, pytest.param(False, marks=pytest.mark.slow)])
-@pytest.mark.parametrize("arch", [pytest.param("atten", marks=pytest.mark.slow), "linear"])
+@pytest.mark.slow
+@pytest.mark.parametrize("use_fused", [True, False])
+@pytest.mark.parametrize("arch", ["atten", "linear"])
 def test_either_epoch_program_is_block_invariant_and_the_sweeps(arch, use_fused, monkeypatch):
     """Blocks of one epoch give the bits of one block, and net 2 of a sweep of 3 the bits of
     ``fit``, with the fused epochs and with autodiff's."""

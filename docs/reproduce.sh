@@ -78,6 +78,7 @@ for section in "${sections[@]}"; do
     distributed) # docs/sweeps.md: one process x 2 devices against 2 processes x 1 device
         args=(--arch atten --seeds 200 --epochs 1000)
         export JAX_PLATFORMS=cpu
+        rm -rf "$out/dist_one" "$out/dist_two"  # timed from scratch, not resumed
         JAX_IRIS_CACHE_DIR= sweep dist_one "${args[@]}" --host-devices 2 --out "$out/dist_one"
         port=$(( 20000 + RANDOM % 20000 ))
         JAX_IRIS_CACHE_DIR= "$python" scripts/sweep.py "${args[@]}" --host-devices 1 \

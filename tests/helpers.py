@@ -4,6 +4,7 @@ a reader of TensorBoard event files."""
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import subprocess
@@ -103,6 +104,18 @@ def fake_history(epochs: int, start: float = 1.1, end: float = 0.6) -> dict[str,
     }
 
 
+@functools.cache
+def _init_program(spec) -> Callable:
+    """``init_params`` for the arch of registry entry ``spec``, in one compiled program (the
+    same bits as Flax's eager init, which compiles a random draw per parameter shape); keyed
+    on the entry, so that a name registered again gets its own."""
+    import jax
+
+    from jax_iris.models import init_params
+
+    return jax.jit(lambda key: init_params(spec.name, key))
+
+
 def save_untrained(
     path: Path,
     arch: str = "atten",
@@ -115,12 +128,12 @@ def save_untrained(
     """A valid checkpoint of freshly initialised params (no training), with a fake history."""
     import jax
 
+    from jax_iris import registry
     from jax_iris.config import TrainConfig
     from jax_iris.io import checkpoint
-    from jax_iris.models import init_params
 
     config = TrainConfig(arch=arch, epochs=epochs, seed=seed, **config)
-    params = init_params(arch, jax.random.key(seed))
+    params = _init_program(registry.arch_spec(arch))(jax.random.key(seed))
     hist = fake_history(epochs) if history else None
     return checkpoint.save(path, params, config=config, history=hist)
 

@@ -44,6 +44,7 @@ def restore(previous: dict[str, bytes], folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_diverging_net_writes_nothing_and_keeps_the_previous_checkpoints(
     tmp_path, capsys, previous
 ):

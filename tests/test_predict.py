@@ -56,7 +56,6 @@ def softmax64(outputs: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["atten", "linear"])
 def test_predict_agrees_with_evaluate_and_an_independent_forward_pass(trained, arch):
     ckpt = checkpoint.load(trained[arch])
@@ -74,7 +73,6 @@ def test_predict_agrees_with_evaluate_and_an_independent_forward_pass(trained, a
         assert got.species == tuple(rows.SPECIES[c] for c in outputs.argmax(axis=1))
 
 
-@pytest.mark.slow
 def test_predict_compiles_once_for_any_number_of_rows(trained):
     ckpt = checkpoint.load(trained["atten"])
     x = np.tile(load_split().test.x, (300, 1))  # 4,500 rows: five blocks
@@ -267,7 +265,6 @@ def test_endless_stdin_is_refused_at_the_limit(trained, capsys, monkeypatch):
     assert outcome.out == ""
 
 
-@pytest.mark.slow
 def test_too_many_rows_are_refused(trained, tmp_path, capsys):
     argv = [trained["atten"], *_file(tmp_path, b"1,1,1,1\n" * (rows.MAX_ROWS + 1))]
     outcome = call(predict_cli.main, argv, capsys)
@@ -293,7 +290,6 @@ def test_a_diverged_net_is_refused(tmp_path, capsys):
     assert outcome.out == ""
 
 
-@pytest.mark.slow
 @pytest.mark.subprocess
 def test_predict_script_reads_stdin(tmp_path):
     path = save_untrained(tmp_path / "atten.pkl")

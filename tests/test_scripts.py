@@ -104,6 +104,7 @@ runpy.run_path(script, run_name="__main__")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize(("source", "target"), [("atten.pkl", "atten.pth"), ("in.pth", "out.pkl")])
 def test_convert_without_torch_names_the_extra(tmp_path, source, target):
@@ -171,6 +172,7 @@ def test_python_m_jax_iris(tmp_path):
         assert f"\n  {name} " in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_jax_iris_console_script(tmp_path):
     console = Path(sys.executable).parent / "jax-iris"

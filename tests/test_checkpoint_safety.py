@@ -399,6 +399,7 @@ def test_loading_leaves_the_file_as_it_was(tmp_path):
     assert os.listdir(tmp_path) == ["bad.pkl"]
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_controls_plain_pickle_does_run_the_exploits(tmp_path):
     """Without the scan, the pointer file crashes the interpreter and the stride file
@@ -549,6 +550,7 @@ def test_bad_dtype_string_is_escaped(tmp_path):
     assert len(message) < 200 + len(str(path))
 
 
+@pytest.mark.slow
 def test_a_50MB_field_gives_a_short_message_fast(tmp_path):
     payload = _valid_payload()
     payload["params"]["linear/bias"]["shape"] = b"\n" * 50 * 10**6

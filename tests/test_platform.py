@@ -67,6 +67,7 @@ def test_accelerators_get_no_cpu_flags(monkeypatch):
     assert platform.xla_flags("tpu") == []
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_only_flags_this_jaxlib_accepts_are_offered(monkeypatch, tmp_path):
     """Real probes: this jaxlib knows the two CPU flags and aborts on an unknown one."""
@@ -111,6 +112,7 @@ def test_this_process_trains_under_the_default_flags():
     assert set(platform.xla_flags("cpu")) <= set(platform.numeric_xla_flags())
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 @pytest.mark.parametrize(
     ("env", "code_before", "expected"),

@@ -56,6 +56,7 @@ def softmax64(outputs: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["atten", "linear"])
 def test_predict_agrees_with_evaluate_and_an_independent_forward_pass(trained, arch):
     ckpt = checkpoint.load(trained[arch])
@@ -73,6 +74,7 @@ def test_predict_agrees_with_evaluate_and_an_independent_forward_pass(trained, a
         assert got.species == tuple(rows.SPECIES[c] for c in outputs.argmax(axis=1))
 
 
+@pytest.mark.slow
 def test_predict_compiles_once_for_any_number_of_rows(trained):
     ckpt = checkpoint.load(trained["atten"])
     x = np.tile(load_split().test.x, (300, 1))  # 4,500 rows: five blocks
@@ -87,6 +89,7 @@ def test_predict_compiles_once_for_any_number_of_rows(trained):
     np.testing.assert_array_equal(many.classes[:15], many.classes[-15:])
 
 
+@pytest.mark.slow
 def test_predict_takes_a_loaded_checkpoint_a_net_or_bare_params(tmp_path):
     """A file is loaded where files are read (jax_iris.io); predict refuses a file name."""
     path = save_untrained(tmp_path / "linear.pkl", "linear")
@@ -114,6 +117,7 @@ def predictions_of(path: Path, text_rows: list[str]) -> predict.Predictions:
     return predict.predict(checkpoint.load(path), rows.from_arguments(text_rows))
 
 
+@pytest.mark.slow
 def test_rows_as_arguments_print_a_table(trained, capsys):
     outcome = call(
         predict_cli.main, [trained["atten"], "--row", SETOSA, "--row", VIRGINICA], capsys
@@ -138,6 +142,7 @@ def test_rows_as_arguments_print_a_table(trained, capsys):
     assert lines[-1] == predict_cli.TABLE_NOTE
 
 
+@pytest.mark.slow
 def test_csv_file_with_a_header_in_any_order(trained, tmp_path, capsys):
     split = load_split().test
     order = [2, 0, 3, 1]
@@ -157,6 +162,7 @@ def test_csv_file_with_a_header_in_any_order(trained, tmp_path, capsys):
         assert probabilities == pytest.approx(expected.probabilities[i].tolist(), abs=1e-8)
 
 
+@pytest.mark.slow
 def test_stdin_without_a_header_and_two_nets_as_json(trained, capsys, monkeypatch):
     monkeypatch.setattr(
         sys, "stdin", io.TextIOWrapper(io.BytesIO(f"{SETOSA}\n{VIRGINICA}\n".encode()))
@@ -176,6 +182,7 @@ def test_stdin_without_a_header_and_two_nets_as_json(trained, capsys, monkeypatc
             assert got["probabilities"] == expected.probabilities[i].tolist()
 
 
+@pytest.mark.slow
 def test_the_same_arch_twice_is_labelled_by_path(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for seed in (1, 2):
@@ -265,6 +272,7 @@ def test_endless_stdin_is_refused_at_the_limit(trained, capsys, monkeypatch):
     assert outcome.out == ""
 
 
+@pytest.mark.slow
 def test_too_many_rows_are_refused(trained, tmp_path, capsys):
     argv = [trained["atten"], *_file(tmp_path, b"1,1,1,1\n" * (rows.MAX_ROWS + 1))]
     outcome = call(predict_cli.main, argv, capsys)
@@ -290,6 +298,7 @@ def test_a_diverged_net_is_refused(tmp_path, capsys):
     assert outcome.out == ""
 
 
+@pytest.mark.slow
 @pytest.mark.subprocess
 def test_predict_script_reads_stdin(tmp_path):
     path = save_untrained(tmp_path / "atten.pkl")

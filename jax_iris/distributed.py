@@ -11,7 +11,9 @@ Only the functions import jax, so command-line checks that use the module answer
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from importlib import metadata
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,6 +23,8 @@ import numpy as np
 HEARTBEAT_TIMEOUT_S = 30
 SHUTDOWN_TIMEOUT_S = 120  # the end's barrier waits this long for process 0's writes (JAX: 300)
 CONNECT_TIMEOUT_S = 60  # how long a process waits for all to join (JAX: 300)
+# jax 0.8.1, the floor for everything else, lacks ``jax_enable_preemption_service``.
+MIN_JAX = (0, 8, 2)
 
 
 class DistributedError(Exception):
@@ -56,6 +60,24 @@ def detect_cluster(environ: Mapping[str, str] | None = None) -> ClusterEnv | Non
                     f"{name} was detected but ${count} and ${rank} are not both integers"
                 ) from None
     return None
+
+
+def check_jax_version() -> None:
+    """DistributedError unless the installed jax and jaxlib are ``MIN_JAX`` or newer.
+
+    Asks the installed metadata, so it imports no jax."""
+    for name in ("jax", "jaxlib"):
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue  # not installed: importing it fails with its own message
+        numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+        if numbers < MIN_JAX:
+            floor = ".".join(map(str, MIN_JAX))
+            raise DistributedError(
+                f"a sweep over several processes needs jax and jaxlib {floor} or newer, this"
+                f" is {name} {version}: pip install 'jax>={floor}' 'jaxlib>={floor}'"
+            )
 
 
 def initialize(

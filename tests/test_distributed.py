@@ -259,6 +259,33 @@ def test_busy_coordinator_port_is_one_line(tmp_path, capsys):
     assert_usage_error(outcome, PROG, f"port {port}", "--coordinator")
 
 
+@pytest.mark.parametrize(
+    ("name", "version", "refused"),
+    [
+        ("jax", "0.8.1", True),
+        ("jaxlib", "0.7.2", True),
+        ("jax", "0.8.2", False),
+        ("jaxlib", "0.10.2", False),
+        ("jax", "0.10.0.dev20260101", False),
+    ],
+)
+def test_several_processes_need_jax_0_8_2(tmp_path, capsys, monkeypatch, name, version, refused):
+    # jax 0.8.1, the floor otherwise, cannot run one: a line naming what to install, before
+    # anything starts (a single process needs no such version).
+    from jax_iris import distributed
+
+    versions = {"jax": "0.10.2", "jaxlib": "0.10.2", name: version}  # the other one new
+    monkeypatch.setattr(distributed.metadata, "version", versions.__getitem__)
+    argv = [*SWEEP, "--out", tmp_path / "out", *cluster_flags(free_port(), 1)]
+    argv += ["--connect-timeout", 1]
+    if refused:
+        needles = ["several processes", f"this is {name} {version}", "pip install 'jax>=0.8.2'"]
+        assert_usage_error(call(sweep_cli.main, argv, capsys), PROG, *needles)
+        assert not (tmp_path / "out").exists()
+    else:
+        distributed.check_jax_version()  # nothing raised
+
+
 def test_launchers_are_detected_as_jax_detects_them():
     slurm = {
         "SLURM_JOB_ID": "7",

@@ -15,6 +15,7 @@ from helpers import ROOT, parse_table, run_script
 
 FLOORS = ROOT / "constraints" / "floors.txt"
 TESTED = ROOT / "constraints" / "tested.txt"
+DISTRIBUTED_FLOORS = ROOT / "constraints" / "floors-distributed.txt"
 # The blog's table as this project computes it (README). Accuracies are counts of rows
 # and agree exactly across the versions tried; the float32 losses pick up one-ulp
 # differences that 1000 Adam epochs amplify: at the floors and at the tested versions
@@ -85,6 +86,32 @@ def test_the_recorded_versions_and_these_satisfy_the_floors():
         assert version_tuple(tested[name]) >= version_tuple(floor), (name, tested[name])
         installed = metadata.version(name)
         assert version_tuple(installed) >= version_tuple(floor), (name, installed)
+
+
+def test_several_processes_need_the_distributed_floor(tmp_path):
+    # The floor that .ci/floors tests multi-process sweeps at is the one the command
+    # enforces; at this environment's jax the command either refuses (below it: the floor
+    # run of the quick tests) or plans the run.
+    from jax_iris.cli import sweep as sweep_cli
+    from jax_iris.cli.common import UsageError
+    from jax_iris.cli.distributed import check_distributed_args
+    from jax_iris.distributed import MIN_JAX
+
+    floor = pins(DISTRIBUTED_FLOORS)
+    assert set(floor) == {"jax", "jaxlib"}
+    assert version_tuple(floor["jax"]) == version_tuple(floor["jaxlib"]) == MIN_JAX
+    assert version_tuple(pins(FLOORS)["jax"]) < MIN_JAX  # else one floor file is enough
+
+    args = sweep_cli.parser().parse_args(
+        ["--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "1"]
+    )
+    installed = min(version_tuple(metadata.version(n)) for n in ("jax", "jaxlib"))
+    if installed < MIN_JAX:
+        with pytest.raises(UsageError, match=r"needs jax and jaxlib 0\.8\.2 or newer, this is"):
+            check_distributed_args(args)
+    else:
+        plan = check_distributed_args(args)
+        assert plan is not None and (plan.num_processes, plan.process_id) == (2, 1)
 
 
 @pytest.mark.slow

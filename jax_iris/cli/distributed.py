@@ -105,6 +105,7 @@ def check_distributed_args(args: argparse.Namespace) -> Plan | None:
             raise UsageError(str(err)) from None
         if env is None or env.num_processes <= 1:
             return None
+        _check_jax_version()
         return Plan(None, env.num_processes, env.process_id, timeout, env.name)
     if len(given) < len(flags):
         missing = [flag for flag in flags if flag not in given]
@@ -125,9 +126,17 @@ def check_distributed_args(args: argparse.Namespace) -> Plan | None:
         return None
     if not hasattr(os, "fork"):
         raise UsageError("running as several processes needs a POSIX system (os.fork)")
+    _check_jax_version()
     if i == 0:
         check_port_free(port)
     return Plan(args.coordinator, n, i, timeout, "flags")
+
+
+def _check_jax_version() -> None:
+    try:
+        distributed.check_jax_version()
+    except distributed.DistributedError as err:
+        raise UsageError(str(err)) from None
 
 
 def parse_coordinator(text: str) -> tuple[str, int]:
@@ -165,7 +174,9 @@ def run_distributed(prog: str, plan: Plan | None, work: Callable[[], int]) -> in
         return work()
     prog = prog_name(prog)
     log_fd, log = tempfile.mkstemp(prefix=f"jax_iris_process{plan.process_id}_", suffix=".log")
-    # The child sends b"J" once it has joined; its end reads EOF once the parent is gone.
+    # The child sends b"J" once it has joined and b"D" when its Python code is done, so
+    # an exit without b"D" is the runtime's (jax 0.10 aborts, 0.8 exits with status 1).
+    # The child's end reads EOF once the parent is gone.
     ours, theirs = socket.socketpair()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -176,6 +187,8 @@ def run_distributed(prog: str, plan: Plan | None, work: Callable[[], int]) -> in
             _child(prog, plan, work, theirs, log_fd)
         except BaseException:  # a bug: show it, and never return into the parent's code
             traceback.print_exc()
+            with contextlib.suppress(OSError):
+                theirs.send(b"D")
         finally:
             os._exit(EXIT_LOST)
     os.close(log_fd)
@@ -187,14 +200,15 @@ def run_distributed(prog: str, plan: Plan | None, work: Callable[[], int]) -> in
     finally:
         signal.signal(signal.SIGINT, signal.SIG_DFL if sigint is None else sigint)
         signal.signal(signal.SIGTERM, signal.SIG_DFL if sigterm is None else sigterm)
-    joined = False
+    sent = b""
     with ours, contextlib.suppress(BlockingIOError):
-        joined = ours.recv(1, socket.MSG_DONTWAIT) == b"J"
+        while chunk := ours.recv(16, socket.MSG_DONTWAIT):  # the child is gone: no wait
+            sent += chunk
     code = os.waitstatus_to_exitcode(status)
-    if code >= 0:
+    if code >= 0 and b"D" in sent:
         Path(log).unlink(missing_ok=True)
         return code
-    return _report(prog, plan, -code, joined, log)
+    return _report(prog, plan, -code if code < 0 else None, b"J" in sent, log)
 
 
 def followers_stop(out: Path) -> bool:
@@ -251,6 +265,8 @@ def _child(
         jax.distributed.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
+    with contextlib.suppress(OSError):  # a parent gone: the lifeline thread ends this too
+        parent.send(b"D")
     os._exit(code)
 
 
@@ -261,11 +277,13 @@ def _die_with_parent(parent: socket.socket) -> None:  # pragma: no cover
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _report(prog: str, plan: Plan, signum: int, joined: bool, log: str) -> int:
-    """One line on stderr for a child that the runtime (or a signal) ended; the exit code."""
+def _report(prog: str, plan: Plan, signum: int | None, joined: bool, log: str) -> int:
+    """One line on stderr for a child that the runtime (or a signal) ended; the exit code.
+
+    ``signum`` None: it exited, but not from its Python code (the runtime ended it)."""
     me = f"process {plan.process_id} of {plan.num_processes}"
     where = clean(plan.coordinator, 120) if plan.coordinator else f"{plan.source}'s address"
-    if signum not in _RUNTIME_ENDINGS:
+    if signum is not None and signum not in _RUNTIME_ENDINGS:
         code, text = 128 + signum, f"{me} was stopped by signal {signum}; {KEPT}"
     elif joined:
         code, text = EXIT_LOST, f"{me} stopped: another process died or stopped answering; {KEPT}"

@@ -203,12 +203,12 @@ def _read_probe_cache() -> dict[str, bool]:
 
 
 def _write_probe_cache(known: dict[str, bool]) -> None:
-    """Best effort: a cache that cannot be written only means probing again next time."""
+    """Best effort, and plainly written (the one atomic writer, ``jax_iris.io.fileio``, sits
+    above this module): a cache that is missing, torn or not written only means probing
+    again, since ``_read_probe_cache`` reads anything but a complete one as empty."""
     path = _probe_cache_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(known, sort_keys=True))
-        os.replace(temporary, path)
+        path.write_text(json.dumps(known, sort_keys=True))
     except OSError:
         pass

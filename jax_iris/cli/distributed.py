@@ -86,7 +86,17 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
 
 def check_distributed_args(args: argparse.Namespace) -> Plan | None:
     """The plan for this process, or None for a single process; a bad flag (or, on process
-    0, a PORT in use) -> UsageError. Imports no jax."""
+    0, a PORT in use, or a jax too old for several processes) -> UsageError. Imports no jax."""
+    try:
+        plan = _plan(args)
+        if plan is not None:
+            distributed.check_jax_version()
+    except distributed.DistributedError as err:
+        raise UsageError(str(err)) from None
+    return plan
+
+
+def _plan(args: argparse.Namespace) -> Plan | None:
     timeout = args.connect_timeout
     if not 1 <= timeout <= MAX_CONNECT_TIMEOUT_S:
         raise UsageError(
@@ -99,13 +109,9 @@ def check_distributed_args(args: argparse.Namespace) -> Plan | None:
     }
     given = [flag for flag, value in flags.items() if value is not None]
     if not given:
-        try:
-            env = distributed.detect_cluster()
-        except distributed.DistributedError as err:
-            raise UsageError(str(err)) from None
+        env = distributed.detect_cluster()
         if env is None or env.num_processes <= 1:
             return None
-        _check_jax_version()
         return Plan(None, env.num_processes, env.process_id, timeout, env.name)
     if len(given) < len(flags):
         missing = [flag for flag in flags if flag not in given]
@@ -126,17 +132,9 @@ def check_distributed_args(args: argparse.Namespace) -> Plan | None:
         return None
     if not hasattr(os, "fork"):
         raise UsageError("running as several processes needs a POSIX system (os.fork)")
-    _check_jax_version()
     if i == 0:
         check_port_free(port)
     return Plan(args.coordinator, n, i, timeout, "flags")
-
-
-def _check_jax_version() -> None:
-    try:
-        distributed.check_jax_version()
-    except distributed.DistributedError as err:
-        raise UsageError(str(err)) from None
 
 
 def parse_coordinator(text: str) -> tuple[str, int]:

@@ -84,6 +84,17 @@ def received() -> int | None:
     return _received
 
 
+def is_stop(err: BaseException) -> bool:
+    """Whether ``err`` is a stop signal's doing: a ``KeyboardInterrupt``, or any error
+    raised inside the command after a ``Stopped`` was delivered. Some libraries catch
+    everything and raise an error of their own in its place (JAX 0.8's primitive binding
+    has a bare ``except:``: "couldn't apply typeof to args"), so a stop must not depend
+    on the ``Stopped`` itself arriving."""
+    if isinstance(err, KeyboardInterrupt):
+        return True
+    return isinstance(err, Exception) and _running > 0 and _delivered_at is not None
+
+
 def installed() -> bool:
     return _installed
 
@@ -115,7 +126,9 @@ def install_for(module_name: str) -> None:
 
 def begin() -> None:
     """The command's work starts (``run_main``): a stop recorded during start-up is raised."""
-    global _running
+    global _running, _delivered_at
+    if _running == 0:
+        _delivered_at = None  # a stop of an earlier command in this process is over
     _running += 1
     if _installed and _pending is not None and not _holds:
         _raise_pending()

@@ -283,6 +283,79 @@ def test_ctrl_c_inside_a_gc_callback_is_not_swallowed(tmp_path):
     assert proc.stderr == f"demo: interrupted; {NOTHING_WRITTEN}\n"  # no "Exception ignored"
 
 
+_LIBRARY_REPLACES_THE_STOP = """
+import os, signal, sys
+from jax_iris import process_life
+process_life.install()
+import jax_iris.sweep, jax_iris.train
+from jax_iris.cli import sweep, train
+
+COMMAND, TARGET, CALL = sys.argv[1], sys.argv[2], int(sys.argv[3])
+module = jax_iris.train if TARGET == "fit" else jax_iris.sweep
+real, calls = getattr(module, TARGET), []
+
+def replaced(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == CALL:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))  # Python code: the handler raises Stopped here
+        except:  # as JAX 0.8 binds a primitive: everything caught, then its own error
+            pass
+        raise Exception("couldn't apply typeof to args")
+    return real(*args, **kwargs)
+
+setattr(module, TARGET, replaced)
+process_life.exit({"train": train, "sweep": sweep}[COMMAND].main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    ("command", "target", "call", "kept"),
+    [
+        ("train", "fit", 1, NOTHING_WRITTEN),
+        ("sweep", "train_chunk", 2, "1 of 2 chunks are kept in"),
+    ],
+    ids=["train", "sweep"],
+)
+def test_a_library_that_replaces_the_stop_with_its_own_error(tmp_path, command, target, call, kept):
+    """JAX 0.8.1/0.8.2 catch a ``Stopped`` with a bare ``except:`` while binding a primitive
+    and raise "couldn't apply typeof to args" instead: still one line, 143, kept as said."""
+    argv = {
+        "train": TRAIN,
+        "sweep": ["--seeds", "4", "--chunk-size", "2", "--epochs", SHORT_EPOCHS]
+        + ["--arch", "atten", "--host-devices", "1"],
+    }[command]
+    before = snapshot(tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _LIBRARY_REPLACES_THE_STOP,
+            command,
+            target,
+            str(call),
+            *map(str, argv),
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.startswith(f"{command}.py: stopped by SIGTERM; {kept}"), proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    after = snapshot(tmp_path)
+    if command == "train":
+        assert after == before
+    else:  # the first chunk is in the store, the second not, no output was written
+        new = sorted(p for p in after if p not in before)
+        assert [Path(p).name for p in new] == ["000000.chunk", "manifest.json"], new
+        assert all(p.startswith("results/.sweep-store/") for p in new), new
+
+
 # ---------------------------------------------------------------- 3. output streams
 
 

@@ -316,8 +316,10 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
     except KeyboardInterrupt as err:
         kept = OUTPUTS_WRITTEN if getattr(err, "written", False) else NOTHING_WRITTEN
         return _stopped(prog, kept)
-    except OSError as err:
-        if err.errno != errno.ENAMETOOLONG:
+    except Exception as err:
+        if process_life.is_stop(err):  # a library put an error of its own in the stop's place
+            return _stopped(prog, NOTHING_WRITTEN)
+        if not isinstance(err, OSError) or err.errno != errno.ENAMETOOLONG:
             raise
         # A path checked by the file system only: refused whole, as any bad flag.
         shown = clean_path(err.filename, 80) if err.filename else "a path"

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
+from jax_iris import process_life
 from jax_iris.cli.common import (
     Interrupted,
     Parser,
@@ -357,7 +358,9 @@ def run_sweep(
             print(f"{run[0]}, {run[1]}: {nets:,} nets x {base.epochs} epochs in {seconds:.1f} s")
     except StoreError as err:
         raise UsageError(str(err)) from None
-    except KeyboardInterrupt:
+    except BaseException as err:
+        if not process_life.is_stop(err):
+            raise
         kept = sum(store.chunk_path(*run, i).is_file() for run, i in work)  # as on disk
         raise Interrupted(
             f"{kept} of {len(work)} chunks are kept in {clean_path(store.folder)}; run the same"
@@ -386,9 +389,9 @@ def run_sweep(
         results = {run: _grid_result(plans[run], arrays, run, shapes[run]) for run in runs}
         try:
             return write_outputs(sweep, manifest, store, results, out, tensorboard, fresh)
-        except KeyboardInterrupt as err:
-            if getattr(err, "written", False):  # stopped once the commit was complete
-                raise
+        except BaseException as err:
+            if not process_life.is_stop(err) or getattr(err, "written", False):
+                raise  # not a stop, or one that came once the commit was complete
             raise Interrupted(
                 f"no output was written, earlier files are as they were; all {len(work)}"
                 f" chunks are kept in {clean_path(store.folder)}; run the same command again"

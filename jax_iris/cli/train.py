@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from jax_iris import registry
+from jax_iris import process_life, registry
 from jax_iris.cli.common import (
     NOTHING_WRITTEN,
     Interrupted,
@@ -202,7 +202,9 @@ def train_and_save(
                     hparams=config.to_dict(),
                     final=result.final,
                 )
-    except KeyboardInterrupt:
+    except BaseException as err:
+        if not process_life.is_stop(err):
+            raise
         raise Interrupted(NOTHING_WRITTEN) from None
     try:
         written = commit(files)

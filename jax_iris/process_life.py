@@ -13,7 +13,9 @@ import leaves numpy or jaxlib broken: ImportError or a crash later) and inside
 ends. Elsewhere it raises ``Stopped``, a ``KeyboardInterrupt``, so every
 ``except KeyboardInterrupt`` treats SIGTERM as Ctrl-C. A ``Stopped`` that Python would
 swallow (raised inside a gc callback, ``__del__`` or a weakref callback: "Exception
-ignored in ...") is delivered again a moment later instead. The exit status is
+ignored in ...") is delivered again a moment later instead; one that a library catches
+and drops (a bare ``except: pass``) is raised again ``LOST_AFTER_S`` later, and one it
+replaces with an error of its own is the stop all the same (``is_stop``). The exit status is
 128 + the signal number, as a shell reports it: 130 for SIGINT, 143 for SIGTERM,
 129 for SIGHUP.
 
@@ -46,6 +48,9 @@ REDELIVER_AFTER_S = 0.005  # a swallowed stop is raised again this long after, o
 # A stop signal while the last one is still being acted on is ignored, unless that one
 # seems lost (caught by some library) this long after: then it is raised again.
 RESTOP_AFTER_S = 1.0
+# A delivered stop that no handler has taken this long after was swallowed by a library
+# (a bare ``except: pass``): it is raised again, so that a single SIGTERM is never lost.
+LOST_AFTER_S = 2.0
 _WORDS = {"SIGINT": "interrupted"}  # how a command's line names the stop; others by name
 
 _installed = False
@@ -54,6 +59,7 @@ _holds = 0  # depth of held() blocks and imports on the main thread
 _pending: int | None = None  # a stop recorded while held, raised when the hold ends
 _received: int | None = None  # the first stop signal this process received
 _delivered_at: float | None = None  # when a Stopped was last raised (monotonic seconds)
+_taken = False  # the delivered stop reached code that acts on it (``is_stop``)
 _original_import = builtins.__import__
 _previous_unraisablehook = sys.unraisablehook
 
@@ -89,10 +95,14 @@ def is_stop(err: BaseException) -> bool:
     raised inside the command after a ``Stopped`` was delivered. Some libraries catch
     everything and raise an error of their own in its place (JAX 0.8's primitive binding
     has a bare ``except:``: "couldn't apply typeof to args"), so a stop must not depend
-    on the ``Stopped`` itself arriving."""
-    if isinstance(err, KeyboardInterrupt):
-        return True
-    return isinstance(err, Exception) and _running > 0 and _delivered_at is not None
+    on the ``Stopped`` itself arriving. A True answer takes the stop: the caller acts on
+    it, and it is not raised again."""
+    global _taken
+    stop = isinstance(err, KeyboardInterrupt) or (
+        isinstance(err, Exception) and _running > 0 and _delivered_at is not None
+    )
+    _taken = _taken or stop
+    return stop
 
 
 def installed() -> bool:
@@ -245,9 +255,24 @@ def _raise_pending() -> None:
 
 
 def _raise(signum: int) -> None:
-    global _delivered_at
-    _delivered_at = time.monotonic()
+    global _delivered_at, _taken
+    _delivered_at, _taken = time.monotonic(), False
+    _watch(signum, _delivered_at)
     raise Stopped(signum)
+
+
+def _watch(signum: int, delivered_at: float) -> None:
+    """Raise the stop again if nothing has taken it ``LOST_AFTER_S`` after its delivery."""
+
+    def later() -> None:
+        global _delivered_at
+        time.sleep(LOST_AFTER_S)
+        if _running and not _taken and _delivered_at == delivered_at:
+            _delivered_at = None
+            with contextlib.suppress(Exception):
+                _thread.interrupt_main(signal.Signals(signum))
+
+    threading.Thread(target=later, name="jax_iris-lost-stop", daemon=True).start()
 
 
 def _swallowed_here(frame: Any) -> bool:

@@ -19,6 +19,7 @@ import io
 import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -281,6 +282,43 @@ def test_ctrl_c_inside_a_gc_callback_is_not_swallowed(tmp_path):
     )
     assert (proc.returncode, proc.stdout) == (130, "")
     assert proc.stderr == f"demo: interrupted; {NOTHING_WRITTEN}\n"  # no "Exception ignored"
+
+
+_LIBRARY_DROPS_THE_STOP = """
+import os, signal, time
+from jax_iris import process_life
+process_life.install()
+from jax_iris.cli.common import run_main
+
+def body():
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))  # Python code: the handler raises Stopped here
+    except:  # a library that catches everything and goes on
+        pass
+    print("dropped", flush=True)
+    for _ in range(200):
+        time.sleep(0.05)
+    print("went on", flush=True)
+    return 0
+
+process_life.exit(run_main("demo", body))
+"""
+
+
+@pytest.mark.subprocess
+def test_a_stop_a_library_drops_is_raised_again(tmp_path):
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", _LIBRARY_DROPS_THE_STOP],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
+    assert (proc.returncode, proc.stdout) == (143, "dropped\n"), proc.stderr
+    assert proc.stderr == f"demo: stopped by SIGTERM; {NOTHING_WRITTEN}\n"
+    assert time.monotonic() - started < 9  # raised again after 2 s, not after the 10 s body
 
 
 _LIBRARY_REPLACES_THE_STOP = """

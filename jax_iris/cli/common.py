@@ -313,12 +313,10 @@ def run_main(prog: str, body: Callable[[], int]) -> int:
         return EXIT_USAGE
     except Interrupted as err:
         return _stopped(prog, one_line(str(err)))
-    except KeyboardInterrupt as err:
-        kept = OUTPUTS_WRITTEN if getattr(err, "written", False) else NOTHING_WRITTEN
-        return _stopped(prog, kept)
-    except Exception as err:
-        if process_life.is_stop(err):  # a library put an error of its own in the stop's place
-            return _stopped(prog, NOTHING_WRITTEN)
+    except BaseException as err:
+        if process_life.is_stop(err):  # a library's own error in the stop's place included
+            kept = OUTPUTS_WRITTEN if getattr(err, "written", False) else NOTHING_WRITTEN
+            return _stopped(prog, kept)
         if not isinstance(err, OSError) or err.errno != errno.ENAMETOOLONG:
             raise
         # A path checked by the file system only: refused whole, as any bad flag.
